@@ -1,0 +1,321 @@
+"""Where the text comes from: the climbmix shards (downloaded) or any local folder, verified by checksum.
+
+Two equal kinds of source:
+- climbmix (the default): upstream's parquet shards `shard_%05d.parquet` (column `text`), downloaded into
+  $AUTORESEARCH_CACHE/data; shard 06542 is pinned as validation.
+- a local folder (DATA=path / AUTORESEARCH_DATA): parquet files with a `text` column, `.txt` files (one
+  document per paragraph, paragraphs split at blank lines) or `.jsonl` files (one JSON object per line, key
+  `text`). The rule for validation: the LAST file in sorted path order is the validation split, every other
+  file is training data. Upstream's layout (highest-numbered shard = validation) follows that rule.
+
+Every file's SHA-256 is recorded in a manifest the first time it is seen (after download, for climbmix);
+later reads verify it, so a corrupt or truncated file is caught before it silently feeds training.
+"""
+
+import hashlib
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from common.errors import ContractError
+
+CLIMBMIX_URL = "https://huggingface.co/datasets/karpathy/climbmix-400b-shuffle/resolve/main"
+MAX_SHARD = 6542
+VAL_SHARD = MAX_SHARD
+DATA_SUFFIXES = (".parquet", ".txt", ".jsonl")
+DOWNLOAD_ATTEMPTS = 5
+
+
+def cache_dir():
+    return Path(os.environ.get("AUTORESEARCH_CACHE") or Path.home() / ".cache" / "autoresearch")
+
+
+def shard_name(index):
+    return f"shard_{index:05d}.parquet"
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class DataSource:
+    """A set of data files split into train and val, with a work folder for its manifest, tokenizer and
+    evaluation cache. Build one with get_source()."""
+
+    def __init__(self, name, root, workdir, files, remote):
+        self.name = name
+        self.root = Path(root)
+        self.workdir = Path(workdir)
+        self.remote = remote
+        self.files = files                       # sorted; the last one is validation
+        self.train_files = files[:-1]
+        self.val_files = files[-1:]
+
+    @property
+    def manifest_path(self):
+        return self.workdir / "manifest.json"
+
+    def read_manifest(self):
+        try:
+            return json.loads(self.manifest_path.read_text())
+        except FileNotFoundError:
+            return {}
+
+    def write_manifest(self, manifest):
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        tmp = self.manifest_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        os.replace(tmp, self.manifest_path)
+
+    def identity(self):
+        """What a result records about its data: the source and every file's hash."""
+        manifest = self.read_manifest()
+        return {
+            "source": self.name,
+            "val": [f.name for f in self.val_files],
+            "sha256": {str(f.relative_to(self.root)): manifest.get(str(f.relative_to(self.root)), {}).get("sha256")
+                       for f in self.files},
+        }
+
+    def verify(self, full=False):
+        """Check every file against the manifest (recording files seen for the first time) and check that
+        parquet files are readable and have a `text` column. Hashes are recomputed when a file's size or
+        mtime changed, or always with full=True. Raises ContractError naming the file and the fix."""
+        manifest = self.read_manifest()
+        changed = False
+        for path in self.files:
+            key = str(path.relative_to(self.root))
+            stat = path.stat()
+            entry = manifest.get(key)
+            if entry is None:
+                if self.remote:
+                    raise ContractError(self._corrupt_message(path, "it has no download record"))
+                check_readable(path)
+                manifest[key] = {"sha256": sha256_file(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+                changed = True
+                continue
+            if entry["size"] == stat.st_size and entry["mtime_ns"] == stat.st_mtime_ns and not full:
+                continue
+            if entry["size"] != stat.st_size or sha256_file(path) != entry["sha256"]:
+                raise ContractError(self._corrupt_message(path, "its SHA-256 no longer matches the manifest"))
+            entry["mtime_ns"] = stat.st_mtime_ns
+            changed = True
+        for path in self.files:
+            check_readable(path)
+        if changed:
+            self.write_manifest(manifest)
+
+    def _corrupt_message(self, path, why):
+        if self.remote:
+            return (f"The data file {path} is corrupt or truncated ({why}). Run `make prepare` again: it deletes "
+                    "the bad shard and downloads it afresh.")
+        return (f"The data file {path} changed since it was first used ({why}), so results would no longer be "
+                f"comparable. Restore the file, or, if the change is intended, delete {self.manifest_path} "
+                "(and the tokenizer beside it) and run `make prepare DATA=...` again.")
+
+    def units(self, split):
+        """The split's reading units in order: (path, row_group) for parquet, (path, None) for text files.
+        A loader shuffles units, so it never has to hold a whole split in memory."""
+        files = self.train_files if split == "train" else self.val_files
+        units = []
+        for path in files:
+            if path.suffix == ".parquet":
+                units += [(path, rg) for rg in range(pq.ParquetFile(path).num_row_groups)]
+            else:
+                units.append((path, None))
+        return units
+
+    def documents(self, split):
+        """One pass over the documents of a split, in order: yields a list of texts per unit."""
+        for path, rg in self.units(split):
+            yield read_unit(path, rg)
+
+
+def check_readable(path):
+    """A parquet file must open and hold a string `text` column; text files must decode."""
+    if path.suffix != ".parquet":
+        return
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise ContractError(
+            f"The data file {path} is not a readable parquet file ({e}). It is corrupt or truncated: delete it "
+            "and run `make prepare` again (downloaded shards are fetched afresh), or point DATA= at a folder "
+            "of good files.") from None
+    if "text" not in schema.names:
+        raise ContractError(
+            f"The parquet file {path} has no `text` column (its columns: {', '.join(schema.names) or 'none'}). "
+            "Every shard needs the documents in a string column named `text`: rename the column, or convert "
+            "the data to .txt/.jsonl files.")
+
+
+def read_unit(path, row_group=None):
+    """The document strings of one parquet row group, or of one whole .txt/.jsonl file."""
+    if path.suffix == ".parquet":
+        return pq.ParquetFile(path).read_row_group(row_group, columns=["text"]).column("text").to_pylist()
+    if path.suffix == ".jsonl":
+        docs = []
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        docs.append(json.loads(line)["text"])
+                    except (ValueError, KeyError, TypeError):
+                        raise ContractError(f"Line {n} of {path} is not a JSON object with a `text` field. "
+                                            "Each line of a .jsonl data file must be {\"text\": \"...\"}.") from None
+        return docs
+    text = Path(path).read_text(encoding="utf-8", errors="replace")
+    return [p.strip() for p in text.split("\n\n") if p.strip()]
+
+
+def local_source(folder):
+    root = Path(folder).expanduser().resolve()
+    if not root.is_dir():
+        raise ContractError(
+            f"The data folder {root} does not exist. Point DATA= (or AUTORESEARCH_DATA) at a folder of "
+            "parquet shards with a `text` column, or of .txt/.jsonl files; or leave it unset to download the "
+            "default climbmix shards.")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in DATA_SUFFIXES
+                   and not p.name.startswith("."))
+    if not files:
+        raise ContractError(
+            f"The data folder {root} holds no data files (.parquet with a `text` column, .txt or .jsonl). "
+            "Put the shards there, or point DATA= at the folder that has them.")
+    if len(files) < 2:
+        raise ContractError(
+            f"The data folder {root} has only one data file ({files[0].name}), so there is no validation "
+            "split: the last file in sorted order is validation and the others are training data. Split the "
+            "data into at least two files (e.g. shard_00000.parquet for training, shard_00001.parquet for "
+            "validation).")
+    # The work folder is keyed by file names and sizes, not the path, so a copied folder finds its tokenizer.
+    key = hashlib.sha1("\n".join(f"{p.relative_to(root)}:{p.stat().st_size}" for p in files).encode()).hexdigest()
+    workdir = cache_dir() / "local" / f"{root.name}-{key[:12]}"
+    return DataSource(f"local:{root}", root, workdir, files, remote=False)
+
+
+def climbmix_source():
+    root = cache_dir() / "data"
+    files = sorted(root.glob("shard_*.parquet")) if root.is_dir() else []
+    if not any(f.name == shard_name(VAL_SHARD) for f in files):
+        raise ContractError(
+            f"The climbmix data is not prepared: {root / shard_name(VAL_SHARD)} (the validation shard) is "
+            "missing. Run `make prepare` to download it, or on a machine without network point DATA= at a "
+            "local folder of parquet or text files (e.g. make prepare DATA=../shared/corpus).")
+    return DataSource("climbmix-400b-shuffle", root, cache_dir(), files, remote=True)
+
+
+def get_source(data=None):
+    """The local folder named by `data` or $AUTORESEARCH_DATA, else the downloaded climbmix shards."""
+    data = data or os.environ.get("AUTORESEARCH_DATA")
+    return local_source(data) if data else climbmix_source()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Downloading climbmix
+# ---------------------------------------------------------------------------------------------------------
+
+def download_climbmix(num_shards, workers=8, base_url=None, progress=print):
+    """Download training shards 0..num_shards-1 and the validation shard into the cache, in parallel, with
+    retries, resuming partial files, verifying the SHA-256 the server states and recording every hash in the
+    manifest. Shards already downloaded and intact are kept."""
+    import httpx
+
+    base_url = base_url or os.environ.get("AUTORESEARCH_DATA_URL") or CLIMBMIX_URL
+    root = cache_dir() / "data"
+    root.mkdir(parents=True, exist_ok=True)
+    wanted = [shard_name(i) for i in range(min(num_shards, MAX_SHARD))] + [shard_name(VAL_SHARD)]
+    manifest_source = DataSource("climbmix-400b-shuffle", root, cache_dir(), [], remote=True)
+    manifest = manifest_source.read_manifest()
+
+    def intact(name):
+        path, entry = root / name, manifest.get(name)
+        if not path.exists() or entry is None:
+            return False
+        if entry["size"] == path.stat().st_size and sha256_file(path) == entry["sha256"]:
+            return True
+        progress(f"  {name}: checksum mismatch, downloading it again")
+        path.unlink()
+        return False
+
+    todo = [name for name in wanted if not intact(name)]
+    if not todo:
+        progress(f"Data: all {len(wanted)} shards present and verified in {root}")
+        return
+    progress(f"Data: downloading {len(todo)} shard(s) from {base_url} ({len(wanted) - len(todo)} already here)")
+    retry_base = float(os.environ.get("AUTORESEARCH_RETRY_BASE", "1.0"))
+    with httpx.Client(timeout=httpx.Timeout(30.0, connect=10.0), follow_redirects=True) as client:
+        def fetch(name):
+            return name, download_file(client, f"{base_url}/{name}", root / name, retry_base, progress)
+        with ThreadPoolExecutor(max(1, min(workers, len(todo)))) as pool:
+            results = list(pool.map(fetch, todo))
+    for name, record in results:
+        if record is not None:
+            manifest[name] = record
+    manifest_source.write_manifest(manifest)
+    failed = [name for name, record in results if record is None]
+    if failed:
+        raise ContractError(
+            f"Could not download {len(failed)} shard(s) ({', '.join(failed[:3])}{', ...' if len(failed) > 3 else ''}) "
+            f"from {base_url} after {DOWNLOAD_ATTEMPTS} attempts each. If this machine has no network, use a "
+            "local folder instead: `make prepare DATA=/path/to/shards` (parquet with a `text` column, or "
+            ".txt/.jsonl files). Otherwise run `make prepare` again later: finished shards are kept and "
+            "partial ones resume.")
+
+
+def download_file(client, url, path, retry_base, progress):
+    """Fetch url into path through path.part, resuming a partial file with an HTTP Range request.
+    Returns the manifest record, or None after the last failed attempt."""
+    import httpx
+
+    part = path.with_name(path.name + ".part")
+    for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+        try:
+            have = part.stat().st_size if part.exists() else 0
+            headers = {"Range": f"bytes={have}-"} if have else {}
+            with client.stream("GET", url, headers=headers) as r:
+                if r.status_code == 416:          # the partial file is already complete
+                    pass
+                else:
+                    r.raise_for_status()
+                    if have and r.status_code != 206:
+                        have = 0                  # the server ignored the Range: start over
+                    expected = int(r.headers["content-length"]) + have if "content-length" in r.headers else None
+                    stated = stated_sha256(r.headers)
+                    with open(part, "ab" if have else "wb") as f:
+                        for chunk in r.iter_bytes(1 << 20):
+                            f.write(chunk)
+                    if expected is not None and part.stat().st_size != expected:
+                        raise httpx.ReadError(f"got {part.stat().st_size} of {expected} bytes")
+            digest = sha256_file(part)
+            if r.status_code != 416 and stated and digest != stated:
+                part.unlink()
+                raise httpx.ReadError("SHA-256 does not match the one the server states")
+            os.replace(part, path)
+            stat = path.stat()
+            progress(f"  {path.name}: {stat.st_size / 1e6:.1f} MB")
+            return {"sha256": digest, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "url": url}
+        except (httpx.HTTPError, OSError) as e:
+            progress(f"  {path.name}: attempt {attempt}/{DOWNLOAD_ATTEMPTS} failed: {e}")
+            if isinstance(e, httpx.HTTPStatusError) and e.response.status_code == 404:
+                return None
+            if attempt < DOWNLOAD_ATTEMPTS:
+                time.sleep(retry_base * 2 ** (attempt - 1))
+    return None
+
+
+def stated_sha256(headers):
+    """The SHA-256 a server states for a file (Hugging Face sends it as the ETag of LFS files), if any."""
+    for key in ("x-linked-etag", "etag"):
+        value = headers.get(key, "").strip('W/"')
+        if len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+            return value
+    return None

@@ -1,0 +1,140 @@
+"""Framework-neutral batches: BOS-aligned best-fit packing into numpy (B, T) inputs and targets.
+
+Packing follows upstream autoresearch exactly: rows of T+1 tokens, each starting at a document's BOS; the
+largest buffered document that fits the remaining space goes next; when none fits, the shortest one is
+cropped to fill the row. No padding, every token is trained on. Upstream scans the whole buffer in Python for
+every placement; here the buffer is indexed by length (a sorted list of lengths, each with a FIFO of
+documents), so a placement is a bisect, with the same choices and the same rows.
+
+Training units (parquet row groups) are shuffled per epoch from the seed; validation is read in order. The
+same seed gives the same batches. A background thread packs ahead so the accelerator never waits.
+"""
+
+import queue
+import threading
+from bisect import bisect_right, insort
+from collections import deque
+from itertools import chain
+
+import numpy as np
+
+from common.data import get_source, read_unit
+from common.tokenizer import Tokenizer
+
+TOKENIZE_BATCH = 128      # documents per tokenizer call, as upstream
+BUFFER_SIZE = 1000        # documents kept to choose from
+
+
+def to_arrays(token_lists):
+    """Token lists -> int32 numpy arrays (one flat conversion, then views)."""
+    lengths = [len(t) for t in token_lists]
+    flat = np.fromiter(chain.from_iterable(token_lists), dtype=np.int32, count=sum(lengths))
+    return np.split(flat, np.cumsum(lengths)[:-1])
+
+
+def document_batches(source, tokenizer, split, seed=0):
+    """Endless (token arrays, epoch) batches of BOS-prefixed documents. Training units are shuffled per
+    epoch with a generator seeded by (seed, epoch); validation is read in order."""
+    units = source.units(split)
+    epoch = 1
+    while True:
+        order = range(len(units))
+        if split == "train":
+            order = np.random.default_rng((seed, epoch)).permutation(len(units))
+        for u in order:
+            texts = read_unit(*units[u])
+            for i in range(0, len(texts), TOKENIZE_BATCH):
+                yield to_arrays(tokenizer.encode_batch(texts[i:i + TOKENIZE_BATCH])), epoch
+        epoch += 1
+
+
+class BestFitPacker:
+    """Fills rows from a stream of document batches, choosing documents as upstream's best-fit loop does."""
+
+    def __init__(self, batches, buffer_size=BUFFER_SIZE):
+        self.batches = batches
+        self.buffer_size = buffer_size
+        self.lengths = []            # sorted distinct lengths present in the buffer
+        self.by_length = {}          # length -> deque of documents, oldest first
+        self.count = 0
+        self.epoch = 1
+
+    def _add(self, doc):
+        n = len(doc)
+        docs = self.by_length.get(n)
+        if docs is None:
+            docs = self.by_length[n] = deque()
+            insort(self.lengths, n)
+        docs.append(doc)
+        self.count += 1
+
+    def _take(self, index):
+        n = self.lengths[index]
+        docs = self.by_length[n]
+        doc = docs.popleft()
+        if not docs:
+            del self.by_length[n]
+            del self.lengths[index]
+        self.count -= 1
+        return doc
+
+    def fill(self, row):
+        """Write one packed row into the 1-D int array `row`."""
+        pos, size = 0, len(row)
+        while pos < size:
+            while self.count < self.buffer_size:
+                docs, self.epoch = next(self.batches)
+                for doc in docs:
+                    self._add(doc)
+            remaining = size - pos
+            i = bisect_right(self.lengths, remaining) - 1
+            if i >= 0:
+                doc = self._take(i)
+                row[pos:pos + len(doc)] = doc
+                pos += len(doc)
+            else:
+                row[pos:] = self._take(0)[:remaining]
+                pos = size
+
+
+def packed_batches(packer, batch_size, seq_len):
+    """Endless (inputs, targets, epoch): int32 arrays of shape (B, T), targets shifted by one."""
+    while True:
+        rows = np.empty((batch_size, seq_len + 1), dtype=np.int32)
+        for r in range(batch_size):
+            packer.fill(rows[r])
+        yield np.ascontiguousarray(rows[:, :-1]), np.ascontiguousarray(rows[:, 1:]), packer.epoch
+
+
+class Prefetcher:
+    """Runs a generator in a daemon thread, `depth` items ahead. Errors surface in the consumer."""
+
+    def __init__(self, generator, depth=4):
+        self.queue = queue.Queue(maxsize=depth)
+        self.thread = threading.Thread(target=self._run, args=(generator,), daemon=True)
+        self.thread.start()
+
+    def _run(self, generator):
+        try:
+            for item in generator:
+                self.queue.put((item, None))
+        except BaseException as e:   # noqa: BLE001 - re-raised in the consumer
+            self.queue.put((None, e))
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        item, error = self.queue.get()
+        if error is not None:
+            raise error
+        return item
+
+
+def make_loader(split, batch_size, seq_len, seed=0, source=None, tokenizer=None, prefetch=4):
+    """Endless (inputs, targets, epoch) batches for 'train' or 'val', packed in a background thread."""
+    assert split in ("train", "val"), split
+    source = source or get_source()
+    tokenizer = tokenizer or Tokenizer.load(source)
+    packer = BestFitPacker(document_batches(source, tokenizer, split, seed))
+    return Prefetcher(packed_batches(packer, batch_size, seq_len), depth=prefetch)
