@@ -40,8 +40,9 @@ run: setup
 	@$(RUN_ENV) $(PY) -m common.prepare --num-shards $(NUM_SHARDS) --if-needed
 	$(RUN_ENV) $(PY) backends/$(RESOLVED)/train.py
 
+# The exit status is pytest's, also written to .venv/pytest-exit for .ci/run (make itself exits 2).
 test: $(VENV)/.installed-dev
-	$(PY) -m pytest -q -m "not bench"
+	@$(PY) -m pytest -q -m "not bench" $(PYTEST_ARGS); status=$$?; echo $$status > $(VENV)/pytest-exit; exit $$status
 
 bench: $(VENV)/.installed-dev
 	$(PY) -m pytest -q -m bench --benchmark-enable --benchmark-columns=min,median,mean,rounds $(if $(filter-out auto,$(BACKEND)),-k $(BACKEND))
