@@ -12,7 +12,14 @@ RESOLVED := $(if $(filter auto,$(BACKEND)),$(shell $(PYTHON) -c 'from common.pla
 EXTRA    := $(if $(filter dev,$(RESOLVED)),dev,$(RESOLVED))
 RUN_ENV  := $(if $(PROFILE),AUTORESEARCH_PROFILE=$(PROFILE)) $(if $(DATA),AUTORESEARCH_DATA=$(abspath $(DATA)))
 
-.PHONY: help setup prepare run test bench bench-gpu clean-venv
+# Docker: BACKEND=cuda builds/runs the GPU image, anything else the CPU image (auto: cuda where a GPU is).
+DOCKER_IMAGE := $(if $(filter cuda,$(BACKEND)),cuda,$(if $(filter auto,$(BACKEND)),$(shell nvidia-smi -L >/dev/null 2>&1 && echo cuda || echo cpu),cpu))
+TRAINER  ?= cuda
+RUNS     ?= 1
+OFFLINE  ?= 0
+BASE_IMAGE ?=
+
+.PHONY: help setup prepare run test bench bench-gpu clean-venv docker-wheelhouse docker-build docker-run reproduce
 
 help:
 	@echo "make run      [BACKEND=auto|cuda|jax|mlx] [PROFILE=h100|gpu|apple|cpu|smoke] [DATA=folder]"
@@ -21,6 +28,9 @@ help:
 	@echo "make test                                  the whole suite, on a CPU"
 	@echo "make bench                                 CPU benchmarks (pytest-benchmark)"
 	@echo "make bench-gpu BACKEND=cuda|jax            GPU benchmark table (on an NVIDIA GPU)"
+	@echo "make docker-build [BACKEND=cuda|cpu] [BASE_IMAGE=img] [OFFLINE=1]   build the image"
+	@echo "make docker-run   [BACKEND=cuda|cpu] [TRAINER=cuda|jax|mlx] [PROFILE=...] [DATA=folder]   train once in it"
+	@echo "make reproduce COMMIT=<sha> [RUNS=k] [DATA=folder]   re-run a logged result in a container"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -37,8 +47,7 @@ prepare: setup
 	$(RUN_ENV) $(PY) -m common.prepare --num-shards $(NUM_SHARDS)
 
 run: setup
-	@$(RUN_ENV) $(PY) -m common.prepare --num-shards $(NUM_SHARDS) --if-needed
-	$(RUN_ENV) $(PY) backends/$(RESOLVED)/train.py
+	$(RUN_ENV) $(PY) -m common.run --backend $(RESOLVED) --num-shards $(NUM_SHARDS)
 
 # The exit status is pytest's, also written to .venv/pytest-exit for .ci/run (make itself exits 2).
 test: $(VENV)/.installed-dev
@@ -46,6 +55,18 @@ test: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed-dev
 	$(PY) -m pytest -q -m bench --benchmark-enable --benchmark-columns=min,median,mean,rounds $(if $(filter-out auto,$(BACKEND)),-k $(BACKEND))
+
+docker-wheelhouse: $(VENV)/.installed-dev
+	$(PY) -m pip download --quiet --dest docker/wheelhouse -r docker/requirements-$(DOCKER_IMAGE).txt
+
+docker-build: $(VENV)/.installed-dev
+	$(PY) -m agent.container build --image $(DOCKER_IMAGE) $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE)) $(if $(filter 1,$(OFFLINE)),--offline)
+
+docker-run: $(VENV)/.installed-dev
+	$(RUN_ENV) $(PY) -m agent.container run --image $(DOCKER_IMAGE) --backend $(TRAINER) $(if $(PROFILE),--profile $(PROFILE)) $(if $(DATA),--data $(abspath $(DATA)))
+
+reproduce: $(VENV)/.installed-dev
+	$(RUN_ENV) $(PY) -m agent.container reproduce --commit $(COMMIT) --runs $(RUNS) $(if $(DATA),--data $(abspath $(DATA)))
 
 clean-venv:
 	rm -rf $(VENV)

@@ -71,10 +71,17 @@ class DataSource:
             return {}
 
     def write_manifest(self, manifest):
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        tmp = self.manifest_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-        os.replace(tmp, self.manifest_path)
+        try:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            (self.workdir / "source.txt").write_text(f"{self.name}\n")
+            tmp = self.manifest_path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+            os.replace(tmp, self.manifest_path)
+        except OSError as e:
+            raise ContractError(
+                f"Cannot write the data manifest in {self.workdir} ({e.strerror}). The cache must be writable the "
+                "first time a data folder is used: run `make prepare DATA=...` where the cache is writable (or set "
+                "AUTORESEARCH_CACHE to a writable folder).") from None
 
     def identity(self):
         """What a result records about its data: the source and every file's hash."""
@@ -142,8 +149,11 @@ class DataSource:
 
 def check_readable(path):
     """A parquet file must open and hold a string `text` column; text files must decode."""
-    if path.suffix != ".parquet":
-        return
+    if path.suffix == ".parquet":
+        check_parquet(path)
+
+
+def check_parquet(path):
     try:
         schema = pq.read_schema(path)
     except (pa.ArrowInvalid, OSError) as e:
@@ -196,9 +206,10 @@ def local_source(folder):
             "split: the last file in sorted order is validation and the others are training data. Split the "
             "data into at least two files (e.g. shard_00000.parquet for training, shard_00001.parquet for "
             "validation).")
-    # The work folder is keyed by file names and sizes, not the path, so a copied folder finds its tokenizer.
+    # The work folder is keyed by file names and sizes, not the path, so a copy of the folder (a container's
+    # mount, another machine) finds its manifest and tokenizer. source.txt in it names the folder.
     key = hashlib.sha1("\n".join(f"{p.relative_to(root)}:{p.stat().st_size}" for p in files).encode()).hexdigest()
-    workdir = cache_dir() / "local" / f"{root.name}-{key[:12]}"
+    workdir = cache_dir() / "local" / key[:16]
     return DataSource(f"local:{root}", root, workdir, files, remote=False)
 
 
@@ -299,6 +310,11 @@ def download_file(client, url, path, retry_base, progress):
             if r.status_code != 416 and stated and digest != stated:
                 part.unlink()
                 raise httpx.ReadError("SHA-256 does not match the one the server states")
+            try:
+                check_parquet(part)
+            except ContractError:
+                part.unlink()
+                raise httpx.ReadError("the server sent something that is not a parquet file with a `text` column")
             os.replace(part, path)
             stat = path.stat()
             progress(f"  {path.name}: {stat.st_size / 1e6:.1f} MB")

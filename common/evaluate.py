@@ -38,10 +38,13 @@ def eval_rows(profile, source=None, tokenizer=None):
     rows = np.empty((n_rows, seq_len + 1), dtype=np.int32)
     for r in range(n_rows):
         packer.fill(rows[r])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npy")
-    np.save(tmp, rows)
-    tmp.replace(path)
+    try:  # a read-only cache (a container's mount) just rebuilds the rows next time
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp.npy")
+        np.save(tmp, rows)
+        tmp.replace(path)
+    except OSError:
+        pass
     return rows
 
 
