@@ -65,17 +65,17 @@ def build(image="cpu", base_image=None, offline=False, log=print):
 def train_in_container(image="cpu", backend="cuda", profile="smoke", data=None, canvas=None, timeout=None, log=print):
     """One training run in a container: no network, data and cache read-only. Returns (exit code, output)."""
     import docker
+    gpus = image == "cuda"
+    if gpus and not nvidia_gpu_name():
+        raise ContractError("The cuda image needs an NVIDIA GPU, and this machine shows none (nvidia-smi finds no "
+                            "GPU). Use the CPU image instead: BACKEND=cpu (it trains on the CPU), or run on a GPU "
+                            "machine with the NVIDIA container toolkit installed.")
     client = engine()
     tag = IMAGES[image]
     try:
         client.images.get(tag)
     except docker.errors.ImageNotFound:
         raise ContractError(f"There is no image {tag}. Build it first: make docker-build BACKEND={image}.") from None
-    gpus = image == "cuda"
-    if gpus and not nvidia_gpu_name():
-        raise ContractError("The cuda image needs an NVIDIA GPU, and this machine shows none (nvidia-smi finds no "
-                            "GPU). Use the CPU image instead: BACKEND=cpu (it trains on the CPU), or run on a GPU "
-                            "machine with the NVIDIA container toolkit installed.")
     cache = cache_dir()
     if not cache.is_dir():
         raise ContractError(f"The data cache {cache} does not exist, so there is nothing to mount. Prepare the data on "
