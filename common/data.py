@@ -74,6 +74,9 @@ class DataSource:
         try:
             self.workdir.mkdir(parents=True, exist_ok=True)
             (self.workdir / "source.txt").write_text(f"{self.name}\n")
+            if not self.remote:
+                path_binding(self.root).parent.mkdir(parents=True, exist_ok=True)
+                path_binding(self.root).write_text(self.workdir.name)
             tmp = self.manifest_path.with_suffix(".json.tmp")
             tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
             os.replace(tmp, self.manifest_path)
@@ -171,7 +174,12 @@ def check_parquet(path):
 def read_unit(path, row_group=None):
     """The document strings of one parquet row group, or of one whole .txt/.jsonl file."""
     if path.suffix == ".parquet":
-        return pq.ParquetFile(path).read_row_group(row_group, columns=["text"]).column("text").to_pylist()
+        try:
+            return pq.ParquetFile(path).read_row_group(row_group, columns=["text"]).column("text").to_pylist()
+        except (pa.ArrowException, OSError) as e:
+            raise ContractError(
+                f"The data file {path} cannot be read ({e}): it is corrupt or truncated. Run `make prepare` "
+                "again (downloaded shards are fetched afresh; a local file is reported by name).") from None
     if path.suffix == ".jsonl":
         docs = []
         with open(path, encoding="utf-8") as f:
@@ -208,9 +216,22 @@ def local_source(folder):
             "validation).")
     # The work folder is keyed by file names and sizes, not the path, so a copy of the folder (a container's
     # mount, another machine) finds its manifest and tokenizer. source.txt in it names the folder.
-    key = hashlib.sha1("\n".join(f"{p.relative_to(root)}:{p.stat().st_size}" for p in files).encode()).hexdigest()
-    workdir = cache_dir() / "local" / key[:16]
-    return DataSource(f"local:{root}", root, workdir, files, remote=False)
+    names = [str(p.relative_to(root)) for p in files]
+    key = hashlib.sha1("\n".join(f"{n}:{p.stat().st_size}" for n, p in zip(names, files)).encode()).hexdigest()[:16]
+    # A file of this folder that changed size changes the key; the folder's binding finds its old work folder,
+    # so verify() reports the change instead of silently starting afresh.
+    binding = path_binding(root)
+    if binding.exists():
+        bound = binding.read_text().strip()
+        manifest = cache_dir() / "local" / bound / "manifest.json"
+        if bound != key and manifest.exists() and set(json.loads(manifest.read_text())) == set(names):
+            key = bound
+    return DataSource(f"local:{root}", root, cache_dir() / "local" / key, files, remote=False)
+
+
+def path_binding(root):
+    """The file that remembers which work folder a local data folder used last."""
+    return cache_dir() / "local" / "by-path" / hashlib.sha1(str(root).encode()).hexdigest()[:16]
 
 
 def climbmix_source():
@@ -243,7 +264,8 @@ def download_climbmix(num_shards, workers=8, base_url=None, progress=print):
     base_url = base_url or os.environ.get("AUTORESEARCH_DATA_URL") or CLIMBMIX_URL
     root = cache_dir() / "data"
     root.mkdir(parents=True, exist_ok=True)
-    wanted = [shard_name(i) for i in range(min(num_shards, MAX_SHARD))] + [shard_name(VAL_SHARD)]
+    num_train = MAX_SHARD if num_shards < 0 else min(num_shards, MAX_SHARD)    # -1: all, as upstream
+    wanted = [shard_name(i) for i in range(num_train)] + [shard_name(VAL_SHARD)]
     manifest_source = DataSource("climbmix-400b-shuffle", root, cache_dir(), [], remote=True)
     manifest = manifest_source.read_manifest()
 
@@ -302,7 +324,7 @@ def download_file(client, url, path, retry_base, progress):
                     expected = int(r.headers["content-length"]) + have if "content-length" in r.headers else None
                     stated = stated_sha256(r.headers)
                     with open(part, "ab" if have else "wb") as f:
-                        for chunk in r.iter_bytes(1 << 20):
+                        for chunk in r.iter_bytes():
                             f.write(chunk)
                     if expected is not None and part.stat().st_size != expected:
                         raise httpx.ReadError(f"got {part.stat().st_size} of {expected} bytes")

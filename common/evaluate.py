@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from common.data import get_source
-from common.loader import BestFitPacker, to_arrays
+from common.loader import BestFitPacker, document_batches
 from common.tokenizer import Tokenizer
 
 
@@ -22,19 +22,12 @@ def eval_rows(profile, source=None, tokenizer=None):
     tokenizer = tokenizer or Tokenizer.load(source)
     seq_len = profile.max_seq_len
     n_rows = profile.eval_tokens // seq_len
-    path = source.workdir / "eval" / f"val_T{seq_len}_rows{n_rows}.npy"
+    path = source.workdir / "eval" / f"val_T{seq_len}_rows{n_rows}_{tokenizer.fingerprint[:12]}.npy"
+    source.verify()
     if path.exists():
         return np.load(path)
-    docs = [doc for texts in source.documents("val") for doc in to_arrays(tokenizer.encode_batch(texts))]
-
-    def cycle():
-        epoch = 1
-        while True:
-            for i in range(0, len(docs), 128):
-                yield docs[i:i + 128], epoch
-            epoch += 1
-
-    packer = BestFitPacker(cycle())
+    # The same stream as make_loader("val"), so these are exactly the first rows of upstream's val loader.
+    packer = BestFitPacker(document_batches(source, tokenizer, "val"))
     rows = np.empty((n_rows, seq_len + 1), dtype=np.int32)
     for r in range(n_rows):
         packer.fill(rows[r])
@@ -62,7 +55,7 @@ def evaluate_bpb(loss_fn, batch_size, profile, source=None, progress=None):
         batch = rows[start:start + batch_size]
         real = len(batch)
         if real < batch_size:
-            batch = np.concatenate([batch, rows[:batch_size - real]])
+            batch = np.concatenate([batch, rows[np.arange(batch_size - real) % len(rows)]])
         inputs, targets = np.ascontiguousarray(batch[:, :-1]), np.ascontiguousarray(batch[:, 1:])
         losses = np.asarray(loss_fn(inputs, targets), dtype=np.float64).reshape(batch_size, -1)[:real]
         nbytes = token_bytes[targets[:real]]

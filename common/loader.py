@@ -19,6 +19,7 @@ from itertools import chain
 import numpy as np
 
 from common.data import get_source, read_unit
+from common.errors import ContractError
 from common.tokenizer import Tokenizer
 
 TOKENIZE_BATCH = 128      # documents per tokenizer call, as upstream
@@ -34,17 +35,34 @@ def to_arrays(token_lists):
 
 def document_batches(source, tokenizer, split, seed=0):
     """Endless (token arrays, epoch) batches of BOS-prefixed documents. Training units are shuffled per
-    epoch with a generator seeded by (seed, epoch); validation is read in order."""
+    epoch with a generator seeded by (seed, epoch); validation is read in order, tokenized once and replayed."""
+    source.verify()
     units = source.units(split)
+    replay = [] if split == "val" else None
     epoch = 1
     while True:
         order = range(len(units))
         if split == "train":
             order = np.random.default_rng((seed, epoch)).permutation(len(units))
+        documents = 0
+        if replay and epoch > 1:
+            for batch in replay:
+                yield batch, epoch
+            epoch += 1
+            continue
         for u in order:
             texts = read_unit(*units[u])
+            documents += len(texts)
             for i in range(0, len(texts), TOKENIZE_BATCH):
-                yield to_arrays(tokenizer.encode_batch(texts[i:i + TOKENIZE_BATCH])), epoch
+                batch = to_arrays(tokenizer.encode_batch(texts[i:i + TOKENIZE_BATCH]))
+                if replay is not None:
+                    replay.append(batch)
+                yield batch, epoch
+        if documents == 0:
+            files = source.train_files if split == "train" else source.val_files
+            raise ContractError(
+                f"The {split} split of {source.name} holds no documents ({', '.join(f.name for f in files)}). "
+                "Put text in those files, or point DATA= at a folder that has some.")
         epoch += 1
 
 
@@ -110,6 +128,7 @@ class Prefetcher:
     """Runs a generator in a daemon thread, `depth` items ahead. Errors surface in the consumer."""
 
     def __init__(self, generator, depth=4):
+        self.error = None
         self.queue = queue.Queue(maxsize=depth)
         self.thread = threading.Thread(target=self._run, args=(generator,), daemon=True)
         self.thread.start()
@@ -125,9 +144,11 @@ class Prefetcher:
         return self
 
     def __next__(self):
-        item, error = self.queue.get()
-        if error is not None:
-            raise error
+        if self.error is not None:      # the thread has ended; keep failing the same way
+            raise self.error
+        item, self.error = self.queue.get()
+        if self.error is not None:
+            raise self.error
         return item
 
 

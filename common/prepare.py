@@ -38,7 +38,7 @@ def prepare(data_folder=None, num_shards=10, workers=8, if_needed=False):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", help="a local folder of parquet/.txt/.jsonl files (default: climbmix download)")
-    parser.add_argument("--num-shards", type=int, default=10, help="climbmix training shards to download")
+    parser.add_argument("--num-shards", type=int, default=10, help="climbmix training shards to download (-1: all)")
     parser.add_argument("--workers", type=int, default=8, help="parallel downloads")
     parser.add_argument("--if-needed", action="store_true", help="quiet no-op when data and tokenizer exist")
     args = parser.parse_args()

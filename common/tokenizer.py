@@ -4,6 +4,7 @@ Saved per data source in <workdir>/tokenizer/: tokenizer.pkl (a tiktoken Encodin
 (int32, the UTF-8 byte length of every token; 0 for the special tokens, which evaluation masks out).
 """
 
+import hashlib
 import pickle
 import time
 
@@ -39,6 +40,11 @@ def train_tokenizer(source, vocab_size=VOCAB_SIZE, max_chars=1_000_000_000, doc_
                 if seen >= max_chars:
                     return
 
+    if not any(docs for docs in source.documents("train")):
+        raise ContractError(
+            f"The training split of {source.name} holds no documents "
+            f"({', '.join(f.name for f in source.train_files)}). Put text in those files, or point DATA= at a "
+            "folder that has some.")
     t0 = time.time()
     bpe = rustbpe.Tokenizer()
     bpe.train_from_iterator(texts(), vocab_size - len(SPECIAL_TOKENS), pattern=SPLIT_PATTERN)
@@ -49,6 +55,10 @@ def train_tokenizer(source, vocab_size=VOCAB_SIZE, max_chars=1_000_000_000, doc_
         mergeable_ranks=ranks,
         special_tokens={name: len(ranks) + i for i, name in enumerate(SPECIAL_TOKENS)},
     )
+    if enc.n_vocab != vocab_size:
+        raise ContractError(
+            f"The training split of {source.name} is too small to learn a {vocab_size}-token BPE (it gave "
+            f"{enc.n_vocab} tokens). Add more text (a few MB is plenty) or point DATA= at a larger folder.")
     special = set(enc.special_tokens_set)
     token_bytes = np.array([0 if enc.decode([i]) in special else len(enc.decode_single_token_bytes(i))
                             for i in range(enc.n_vocab)], dtype=np.int32)
@@ -59,7 +69,7 @@ def train_tokenizer(source, vocab_size=VOCAB_SIZE, max_chars=1_000_000_000, doc_
     tmp.write_bytes(pickle.dumps(enc))
     np.save(out / "token_bytes.npy", token_bytes)
     tmp.replace(out / "tokenizer.pkl")          # last, so a present tokenizer.pkl means a complete save
-    tok = Tokenizer(enc, token_bytes)
+    tok = Tokenizer.load(source)
     sample = "Hello world! Numbers: 123. Unicode: 你好"
     assert tok.decode(tok.encode(sample)) == sample
     progress(f"Tokenizer: trained {enc.n_vocab} tokens in {time.time() - t0:.1f}s, saved to {out}")
@@ -67,8 +77,10 @@ def train_tokenizer(source, vocab_size=VOCAB_SIZE, max_chars=1_000_000_000, doc_
 
 
 class Tokenizer:
-    def __init__(self, enc, token_bytes):
+    def __init__(self, enc, token_bytes, fingerprint=None):
         self.enc = enc
+        # SHA-1 of the saved encoding: it keys the caches built with this tokenizer
+        self.fingerprint = fingerprint or hashlib.sha1(pickle.dumps(enc)).hexdigest()
         self.token_bytes = token_bytes
         self.vocab_size = enc.n_vocab
         self.bos_token_id = enc.encode_single_token(BOS_TOKEN)
@@ -78,13 +90,13 @@ class Tokenizer:
         source = source or get_source()
         folder = tokenizer_dir(source)
         try:
-            enc = pickle.loads((folder / "tokenizer.pkl").read_bytes())
+            blob = (folder / "tokenizer.pkl").read_bytes()
             token_bytes = np.load(folder / "token_bytes.npy")
         except FileNotFoundError:
             raise ContractError(
                 f"No tokenizer for this data ({source.name}) in {folder}. Run `make prepare` with the same DATA= "
                 "(or AUTORESEARCH_DATA) as the training run: it trains the tokenizer once.") from None
-        return cls(enc, token_bytes)
+        return cls(pickle.loads(blob), token_bytes, hashlib.sha1(blob).hexdigest())
 
     def encode(self, text):
         return self.enc.encode_ordinary(text)

@@ -1,0 +1,136 @@
+"""climbmix downloads against a real HTTP server on 127.0.0.1: checksums, re-download, resume, no network."""
+
+import json
+import socket
+import time
+
+import pytest
+
+from common.data import climbmix_source, download_climbmix, sha256_file
+from common.errors import ContractError
+from commonkit import ShardServer, assert_clean_error, flip_bytes, run_prepare, sha256, synthetic_docs, write_shards
+
+pytestmark = pytest.mark.timeout(180)      # a hang fails the test instead of CI (pytest-timeout)
+
+NAMES = ["shard_00000.parquet", "shard_00001.parquet", "shard_06542.parquet"]
+VAL = "shard_06542.parquet"
+
+
+@pytest.fixture(scope="module")
+def shard_bytes(tmp_path_factory):
+    """Two small training shards and a validation shard of about 2.5 MB (uncompressed, so that a download
+    cut halfway leaves more than httpx's 1 MB chunk in the .part file)."""
+    folder = tmp_path_factory.mktemp("served")
+    write_shards(folder, [synthetic_docs(80, 10), synthetic_docs(80, 11)])
+    write_shards(folder, [synthetic_docs(1500, 12, words_per_doc=(200, 400))], compression="none", start=6542)
+    files = {name: (folder / name).read_bytes() for name in NAMES}
+    assert len(files[VAL]) > 2_200_000
+    return files
+
+
+@pytest.fixture
+def server(shard_bytes, monkeypatch):
+    srv = ShardServer(shard_bytes)
+    monkeypatch.setenv("AUTORESEARCH_DATA_URL", srv.url)
+    monkeypatch.setenv("AUTORESEARCH_RETRY_BASE", "0.01")
+    yield srv
+    srv.close()
+
+
+def quiet(*args):
+    pass
+
+
+def manifest(cache):
+    return json.loads((cache / "manifest.json").read_text())
+
+
+def test_download_fetches_training_and_validation_shards_and_records_their_hashes(server, shard_bytes, cache):
+    download_climbmix(num_shards=2, progress=quiet)
+    record = manifest(cache)
+    for name in NAMES:
+        path = cache / "data" / name
+        assert path.read_bytes() == shard_bytes[name]
+        assert record[name]["sha256"] == sha256(shard_bytes[name])
+        assert record[name]["size"] == len(shard_bytes[name])
+        assert record[name]["url"] == f"{server.url}/{name}"
+    assert not list((cache / "data").glob("*.part"))
+    source = climbmix_source()
+    assert [f.name for f in source.val_files] == [VAL]
+    source.verify(full=True)
+
+
+def test_a_second_download_fetches_nothing(server):
+    download_climbmix(num_shards=2, progress=quiet)
+    n = len(server.requests)
+    download_climbmix(num_shards=2, progress=quiet)
+    assert len(server.requests) == n
+
+
+def test_a_corrupt_cached_shard_is_downloaded_again_by_the_next_prepare(server, shard_bytes, cache):
+    first = run_prepare("--num-shards", 2)
+    assert first.returncode == 0, first.stderr
+    flip_bytes(cache / "data" / "shard_00001.parquet")
+    assert sha256_file(cache / "data" / "shard_00001.parquet") != sha256(shard_bytes["shard_00001.parquet"])
+
+    checked = run_prepare("--num-shards", 2, "--if-needed")        # what `make run` does first
+    assert_clean_error(checked, "shard_00001.parquet", "make prepare")
+
+    again = run_prepare("--num-shards", 2)
+    assert again.returncode == 0, again.stderr
+    assert "checksum mismatch" in again.stdout
+    assert (cache / "data" / "shard_00001.parquet").read_bytes() == shard_bytes["shard_00001.parquet"]
+    assert len(server.gets("shard_00001.parquet")) == 2 and len(server.gets("shard_00000.parquet")) == 1
+
+
+def test_an_interrupted_download_resumes_from_the_part_file(server, shard_bytes, cache):
+    data = shard_bytes[VAL]
+    server.cut[VAL] = len(data) // 2                  # every attempt: full Content-Length, then hang up halfway
+    with pytest.raises(ContractError, match=VAL):
+        download_climbmix(num_shards=2, progress=quiet)
+    part = cache / "data" / (VAL + ".part")
+    assert not (cache / "data" / VAL).exists()
+    have = part.stat().st_size
+    assert 0 < have <= len(data) // 2 and part.read_bytes() == data[:have]
+    assert (cache / "data" / "shard_00000.parquet").exists()      # the other shards finished and are kept
+
+    del server.cut[VAL]
+    before = len(server.gets(VAL))
+    download_climbmix(num_shards=2, progress=quiet)
+    assert server.gets(VAL)[before:] == [f"bytes={have}-"]      # one request, for the rest only
+    assert (cache / "data" / VAL).read_bytes() == data
+    assert manifest(cache)[VAL]["sha256"] == sha256(data)
+    assert not part.exists()
+    assert [n for n, _ in server.requests].count("shard_00000.parquet") == 1
+
+
+def test_a_shard_whose_hash_differs_from_the_servers_etag_is_rejected(server, cache):
+    server.etag["shard_00001.parquet"] = "0" * 64
+    with pytest.raises(ContractError, match="shard_00001.parquet"):
+        download_climbmix(num_shards=2, progress=quiet)
+    assert not (cache / "data" / "shard_00001.parquet").exists()
+    assert not (cache / "data" / "shard_00001.parquet.part").exists()
+    assert "shard_00001.parquet" not in manifest(cache)
+    assert "shard_00000.parquet" in manifest(cache)
+
+
+def test_a_missing_shard_on_the_server_is_reported(server, cache):
+    del server.files["shard_00001.parquet"]
+    with pytest.raises(ContractError, match="shard_00001.parquet"):
+        download_climbmix(num_shards=2, progress=quiet)
+    assert len(server.gets("shard_00001.parquet")) == 1          # a 404 is not retried
+
+
+def closed_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_no_network_fails_fast_and_names_DATA():
+    t0 = time.time()
+    proc = run_prepare("--num-shards", 2, env={"AUTORESEARCH_DATA_URL": f"http://127.0.0.1:{closed_port()}",
+                                                "AUTORESEARCH_RETRY_BASE": "0.01"}, timeout=60)
+    assert time.time() - t0 < 30
+    assert proc.returncode == 2
+    assert_clean_error(proc, "DATA=", "make prepare")
