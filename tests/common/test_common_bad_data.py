@@ -140,3 +140,21 @@ def test_prepare_twice_is_a_no_op_and_if_needed_is_quiet(good_data):
     assert second.returncode == 0 and "already trained" in second.stdout
     quiet = run_prepare("--data", good_data, "--if-needed")
     assert quiet.returncode == 0 and quiet.stdout == "" and quiet.stderr == ""
+
+
+def test_the_fix_the_checksum_message_names_works(tmp_path):
+    """An intended change: delete the manifest as the message says, prepare again, and all is well."""
+    folder = tmp_path / "text"
+    folder.mkdir()
+    (folder / "a.txt").write_text("\n\n".join(synthetic_docs(80, 4)))
+    (folder / "b.txt").write_text("\n\n".join(synthetic_docs(10, 5)))
+    assert run_prepare("--data", folder).returncode == 0
+    (folder / "a.txt").write_text("\n\n".join(synthetic_docs(90, 6)))       # new training text, on purpose
+    proc = run_prepare("--data", folder)
+    assert_clean_error(proc, "a.txt", "delete")
+    manifest = proc.stderr.split("delete ", 1)[1].split(" ", 1)[0]
+    assert manifest.endswith("manifest.json")
+    import os
+    os.remove(manifest)
+    again = run_prepare("--data", folder)
+    assert again.returncode == 0 and "Ready to train." in again.stdout, again.stderr

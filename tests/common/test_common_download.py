@@ -91,7 +91,7 @@ def test_an_interrupted_download_resumes_from_the_part_file(server, shard_bytes,
     part = cache / "data" / (VAL + ".part")
     assert not (cache / "data" / VAL).exists()
     have = part.stat().st_size
-    assert 0 < have <= len(data) // 2 and part.read_bytes() == data[:have]
+    assert have == len(data) // 2 and part.read_bytes() == data[:have]     # every byte received was kept
     assert (cache / "data" / "shard_00000.parquet").exists()      # the other shards finished and are kept
 
     del server.cut[VAL]
@@ -112,6 +112,14 @@ def test_a_shard_whose_hash_differs_from_the_servers_etag_is_rejected(server, ca
     assert not (cache / "data" / "shard_00001.parquet.part").exists()
     assert "shard_00001.parquet" not in manifest(cache)
     assert "shard_00000.parquet" in manifest(cache)
+
+
+def test_a_shard_that_is_not_parquet_is_rejected(server, cache):
+    server.files["shard_00001.parquet"] = b"<html><body>Too many requests</body></html>"   # ETag matches it
+    with pytest.raises(ContractError, match="shard_00001.parquet"):
+        download_climbmix(num_shards=2, progress=quiet)
+    assert not (cache / "data" / "shard_00001.parquet").exists()
+    assert "shard_00001.parquet" not in manifest(cache)
 
 
 def test_a_missing_shard_on_the_server_is_reported(server, cache):

@@ -221,6 +221,8 @@ def test_an_error_in_the_background_thread_surfaces_in_the_consumer(small_corpus
     loader = make_loader("train", 2, 64, source=local_source(tmp_path / "data"), tokenizer=tok)
     with pytest.raises(ContractError, match="Line 2"):
         next(loader)
+    with pytest.raises(ContractError, match="Line 2"):      # and again, instead of waiting forever
+        next(loader)
 
 
 def test_a_training_split_without_documents_is_an_error_not_a_hang(small_corpus, tmp_path):
