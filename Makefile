@@ -12,6 +12,13 @@ RESOLVED := $(if $(filter auto,$(BACKEND)),$(shell $(PYTHON) -c 'from common.pla
 EXTRA    := $(if $(filter dev,$(RESOLVED)),dev,$(RESOLVED))
 RUN_ENV  := $(if $(PROFILE),AUTORESEARCH_PROFILE=$(PROFILE)) $(if $(DATA),AUTORESEARCH_DATA=$(abspath $(DATA)))
 
+# The agent
+PROPOSER        ?= auto
+TAG             ?=
+MAX_EXPERIMENTS ?=
+NOISE_RUNS      ?= 5
+AGENT_ARGS      ?=
+
 # Docker: BACKEND=cuda builds/runs the GPU image, anything else the CPU image (auto: cuda where a GPU is).
 DOCKER_IMAGE := $(if $(filter cuda,$(BACKEND)),cuda,$(if $(filter auto,$(BACKEND)),$(shell nvidia-smi -L >/dev/null 2>&1 && echo cuda || echo cpu),cpu))
 TRAINER  ?= cuda
@@ -19,12 +26,15 @@ RUNS     ?= 1
 OFFLINE  ?= 0
 BASE_IMAGE ?=
 
-.PHONY: help setup prepare run test bench bench-gpu clean-venv docker-wheelhouse docker-build docker-run reproduce
+.PHONY: help setup prepare run test bench bench-gpu agent noise report clean-venv docker-wheelhouse docker-build docker-run reproduce
 
 help:
 	@echo "make run      [BACKEND=auto|cuda|jax|mlx] [PROFILE=h100|gpu|apple|cpu|smoke] [DATA=folder]"
 	@echo "make setup    [BACKEND=cuda|jax|mlx|dev]   create .venv with what that backend needs"
 	@echo "make prepare  [DATA=folder] [NUM_SHARDS=10] download (or read) data, train the tokenizer"
+	@echo "make agent  [BACKEND=...] [PROPOSER=auto|offline|anthropic|openai|command] [TAG=nov26] [MAX_EXPERIMENTS=N] [AGENT_ARGS='--deadline 07:00 --confirm 2 --resume ...']   the overnight loop"
+	@echo "make noise  [BACKEND=...] [NOISE_RUNS=5] [TAG=...]   the baseline's run-to-run spread (run it before the agent)"
+	@echo "make report [TAG=...]   runs/<tag>/progress.png and report.md (default: the latest run)"
 	@echo "make test                                  the whole suite, on a CPU"
 	@echo "make bench                                 CPU benchmarks (pytest-benchmark)"
 	@echo "make bench-gpu BACKEND=cuda|jax            GPU benchmark table (on an NVIDIA GPU)"
@@ -50,6 +60,17 @@ run: setup
 	$(RUN_ENV) $(PY) -m common.run --backend $(RESOLVED) --num-shards $(NUM_SHARDS)
 
 # The exit status is pytest's, also written to .venv/pytest-exit for .ci/run (make itself exits 2).
+agent: setup $(VENV)/.installed-agent
+	@$(RUN_ENV) $(PY) -m common.prepare --num-shards $(NUM_SHARDS) --if-needed
+	$(RUN_ENV) $(PY) -m agent run --backend $(RESOLVED) --proposer $(PROPOSER) $(if $(TAG),--tag $(TAG)) $(if $(MAX_EXPERIMENTS),--max-experiments $(MAX_EXPERIMENTS)) $(AGENT_ARGS)
+
+noise: setup
+	@$(RUN_ENV) $(PY) -m common.prepare --num-shards $(NUM_SHARDS) --if-needed
+	$(RUN_ENV) $(PY) -m agent noise --backend $(RESOLVED) --runs $(NOISE_RUNS) $(if $(TAG),--tag $(TAG))
+
+report: $(VENV)/.installed-agent
+	$(PY) -m agent report $(if $(TAG),--tag $(TAG))
+
 test: $(VENV)/.installed-dev
 	@$(PY) -m pytest -q -m "not bench" $(PYTEST_ARGS); status=$$?; echo $$status > $(VENV)/pytest-exit; exit $$status
 

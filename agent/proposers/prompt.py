@@ -1,0 +1,79 @@
+"""The text every LLM proposer reads: program.md, the canvas, a compact history of results and diffs."""
+
+from agent.edits import FORMAT_HELP
+
+MAX_ROWS = 60
+RECENT_DIFFS = 6
+DIFF_CHARS = 1500
+
+
+def system_prompt(ctx):
+    return (ctx.program.strip() + "\n\n## How to reply\n" + FORMAT_HELP.format(canvas=ctx.canvas)).strip()
+
+
+def history_table(history):
+    rows = [r for r in history if r.get("status") in ("keep", "discard", "crash")][-MAX_ROWS:]
+    if not rows:
+        return "(no experiments yet)"
+    lines = ["n | status | val_bpb | description"]
+    for r in rows:
+        bpb = f"{r['val_bpb']:.6f}" if r.get("val_bpb") is not None else "-"
+        lines.append(f"{r['n']} | {r['status']} | {bpb} | {r.get('description', '')}")
+    return "\n".join(lines)
+
+
+def recent_diffs(history):
+    rows = [r for r in history if r.get("diff") and r.get("status") in ("discard", "crash")][-RECENT_DIFFS:]
+    parts = []
+    for r in rows:
+        diff = r["diff"] if len(r["diff"]) <= DIFF_CHARS else r["diff"][:DIFF_CHARS] + "\n[... truncated]"
+        parts.append(f"### experiment {r['n']} ({r['status']}): {r.get('description', '')}\n```diff\n{diff}```")
+    return "\n\n".join(parts) or "(none)"
+
+
+def user_prompt(ctx):
+    best = f"{ctx.best:.6f}" if ctx.best is not None else "not measured yet"
+    p = ctx.profile
+    noise = (f" Run-to-run noise of an unchanged canvas: {ctx.noise:.6f} (standard deviation); smaller differences "
+             "are not evidence." if ctx.noise else "")
+    return f"""Backend: {ctx.backend}. Profile: {p.name} ({p.time_budget:g} s of training per experiment, sequence \
+length {p.max_seq_len}). Lower val_bpb is better. Best val_bpb so far: {best}.{noise}
+
+## Results so far
+{history_table(ctx.history)}
+
+## Recent changes that did not help (already reverted; do not repeat them)
+{recent_diffs(ctx.history)}
+
+## The current {ctx.canvas} (the best version so far)
+```python
+{ctx.text}```
+
+Propose one change to {ctx.canvas} that you expect to lower val_bpb."""
+
+
+def retry_prompt(error, canvas):
+    return (f"Your reply could not be applied: {error}\n\n"
+            + FORMAT_HELP.format(canvas=canvas))
+
+
+def fix_prompt(ctx, description, feedback):
+    return f"""Your change "{description}" made training fail:
+
+{feedback}
+
+Here is {ctx.canvas} with your change applied:
+```python
+{ctx.text}```
+
+Reply with SEARCH/REPLACE blocks that fix the failure while keeping the idea of the change. Keep the \
+description line (you may refine it)."""
+
+
+def command_prompt(ctx):
+    return f"""{ctx.program.strip()}
+
+{user_prompt(ctx)}
+
+Edit {ctx.canvas} in place (it is in the current directory's repository); change no other file and do not run \
+git commands or training yourself. When done, print one final line: DESCRIPTION: <one line saying what you changed>."""

@@ -1,0 +1,1 @@
+from agentkit import repo  # noqa: F401  (the fixture)

@@ -1,0 +1,54 @@
+"""Kill the loop mid-experiment (Ctrl-C, then SIGKILL), resume, and lose or duplicate no row."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from agentkit import agent_argv, check_consistent, git, rows, run_agent
+
+
+def start(repo, *extra):
+    env = dict(os.environ, FIXTURE_SECONDS="2.0")
+    env.pop("ANTHROPIC_API_KEY", None)
+    env.pop("OPENAI_API_KEY", None)
+    return subprocess.Popen([sys.executable, "-m", "agent", *agent_argv(repo, "--proposer", "offline", *extra)],
+                            cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_mid_experiment(repo, proc, min_rows):
+    """Block until experiment `min_rows` (or later) is training, then return its number."""
+    jsonl = repo / "runs/t1/results.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        n = len(jsonl.read_text().splitlines()) if jsonl.exists() else 0
+        if n >= min_rows and (repo / f"runs/t1/logs/{n:03d}.log").exists():
+            time.sleep(0.5)  # well inside the 2 s run
+            return n
+        time.sleep(0.05)
+    raise AssertionError("the loop did not get there in time")
+
+
+def test_interrupt_and_resume_lose_nothing(repo):
+    proc = start(repo, "--max-experiments", "6")
+    n = wait_mid_experiment(repo, proc, 2)
+    proc.send_signal(signal.SIGINT)  # Ctrl-C
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and "--resume" in out, (out, err)
+    assert len(rows(repo)) == n
+    assert git(repo, "status", "--porcelain", "--untracked-files=no") == ""
+    check_consistent(repo)
+
+    proc = start(repo, "--max-experiments", "6", "--resume")
+    n = wait_mid_experiment(repo, proc, n + 1)
+    proc.kill()  # no chance to clean up
+    proc.communicate()
+    assert len(rows(repo)) == n
+
+    run_agent(repo, *agent_argv(repo, "--proposer", "offline", "--max-experiments", "6"), "--resume")
+    rs = check_consistent(repo)
+    assert len(rs) == 7
+    assert len({r["description"] for r in rs[1:]}) == 6
+    assert all((repo / f"runs/t1/logs/{r['n']:03d}.log").exists() for r in rs)

@@ -1,0 +1,34 @@
+"""The loop's own overhead per experiment (everything but training and the proposer): at most 2 s.
+
+20 experiments of the fixture canvas with the offline proposer. The fixture trains in no time, so the whole
+wall time is overhead, start-up of the training process included.
+"""
+
+import time
+
+import pytest
+from agentkit import agent_argv, check_consistent, make_repo
+
+from agent.__main__ import main
+
+EXPERIMENTS = 20
+
+
+@pytest.mark.bench
+def test_loop_overhead_per_experiment(benchmark, tmp_path):
+    repo = make_repo(tmp_path / "r0")
+
+    def twenty():
+        main(agent_argv(repo, "--proposer", "offline", "--max-experiments", str(EXPERIMENTS)))
+
+    started = time.perf_counter()
+    benchmark.pedantic(twenty, rounds=1, iterations=1)
+    wall = time.perf_counter() - started
+    rs = check_consistent(tmp_path / "r0")
+    assert len(rs) == EXPERIMENTS + 1
+    overhead = [r["overhead_seconds"] for r in rs[1:]]
+    per_experiment = wall / (EXPERIMENTS + 1)
+    benchmark.extra_info.update(per_experiment_s=per_experiment, max_overhead_s=max(overhead))
+    print(f"\n{EXPERIMENTS} experiments in {wall:.2f} s: {per_experiment:.3f} s each, wall time per experiment "
+          f"including the training process; loop overhead alone at most {max(overhead):.3f} s")
+    assert max(overhead) <= 2.0 and per_experiment <= 2.0
