@@ -17,6 +17,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from common.data import cache_dir, get_source
@@ -26,6 +27,7 @@ from common.summary import parse_summary
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGES = {"cpu": "autoresearch:cpu", "cuda": "autoresearch:cuda"}
+START_ALLOWANCE = 600    # seconds for start-up, compilation and evaluation on top of 2 x the budget
 NOISE_SIGMAS = 3.0       # a reproduction within this many standard deviations of the run-to-run spread agrees
 
 
@@ -63,8 +65,10 @@ def build(image="cpu", base_image=None, offline=False, log=print):
 
 
 def train_in_container(image="cpu", backend="cuda", profile="smoke", data=None, canvas=None, timeout=None, log=print):
-    """One training run in a container: no network, data and cache read-only. Returns (exit code, output)."""
+    """One training run in a container: no network, data and cache read-only, killed past the hard timeout
+    (2 x the budget + START_ALLOWANCE unless given). Returns (exit code, output)."""
     import docker
+    import requests
     gpus = image == "cuda"
     if gpus and not nvidia_gpu_name():
         raise ContractError("The cuda image needs an NVIDIA GPU, and this machine shows none (nvidia-smi finds no "
@@ -93,23 +97,36 @@ def train_in_container(image="cpu", backend="cuda", profile="smoke", data=None, 
     if canvas:
         volumes[str(Path(canvas).resolve())] = {"bind": "/canvas/train.py", "mode": "ro"}
         command += ["--canvas", "/canvas/train.py"]
-    requests = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])] if gpus else None
+    gpu_request = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])] if gpus else None
     try:
-        container = client.containers.run(tag, command=command, volumes=volumes, environment=environment,
-                                          network_mode="none", device_requests=requests, detach=True)
+        # A user's own uid reads their cache and data; root's files must be readable by the image's user (lab).
+        user = f"{os.getuid()}:{os.getgid()}" if os.getuid() != 0 else None
+        container = client.containers.run(tag, command=command, volumes=volumes, environment=environment, user=user,
+                                          network_mode="none", device_requests=gpu_request, detach=True)
     except docker.errors.APIError as e:
         if gpus and "gpu" in str(e).lower():
             raise ContractError(f"Docker could not give the container a GPU ({e.explanation or e}). Install the NVIDIA "
                                 "container toolkit and restart Docker, or use BACKEND=cpu.") from None
         raise ContractError(f"Docker refused to start the container: {e.explanation or e}.") from None
     output = []
-    try:
+
+    def follow():
         for chunk in container.logs(stream=True, follow=True):
             text = chunk.decode(errors="replace")
             output.append(text)
             log(text.rstrip("\n"))
+
+    reader = threading.Thread(target=follow, daemon=True)
+    reader.start()
+    timeout = timeout or 2 * PROFILES[profile].time_budget + START_ALLOWANCE
+    try:
         code = container.wait(timeout=timeout)["StatusCode"]
+    except requests.exceptions.ConnectionError:  # the wait timed out: kill the run, as the agent's runner does
+        container.kill()
+        output.append(f"\nKILLED: the run exceeded its hard timeout of {timeout:.0f} s\n")
+        code = 124
     finally:
+        reader.join(timeout=10)
         container.remove(force=True)
     return code, "".join(output)
 

@@ -52,6 +52,7 @@ def prepared(corpus, tmp_path_factory):
     env = dict(os.environ, AUTORESEARCH_CACHE=str(cache))
     subprocess.run([PY, "-m", "common.prepare", "--data", str(corpus)], cwd=ROOT, env=env, check=True,
                    capture_output=True, timeout=600)
+    subprocess.run(["chmod", "-R", "a+rX", str(cache)], check=True)  # the image's user (uid 1000) reads it
     return cache
 
 
@@ -125,9 +126,9 @@ def test_bad_input_is_explained_and_changes_no_results(cpu_image, agent_repo, tm
     repo, env = agent_repo
     before = results_digest(repo)
     assert "is not a commit" in bad(repo, env, "reproduce", "--commit", "0123456789abcdef")
-    first = subprocess.run(["git", "rev-list", "--max-parents=0", "HEAD"], cwd=repo, capture_output=True,
-                           text=True).stdout.strip()
-    assert "has no results record" in bad(repo, env, "reproduce", "--commit", first)
+    unlogged = subprocess.run(["git", "commit-tree", "HEAD^{tree}", "-m", "never trained"], cwd=repo,
+                              capture_output=True, text=True, check=True).stdout.strip()
+    assert "has no results record" in bad(repo, env, "reproduce", "--commit", unlogged)
     assert "does not exist" in bad(repo, env, "run", "--profile", "smoke", "--data", str(tmp_path / "nowhere"))
     no_engine = dict(env, DOCKER_HOST=f"unix://{tmp_path}/no.sock")
     assert "No Docker engine" in bad(repo, no_engine, "run", "--profile", "smoke")
