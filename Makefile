@@ -89,5 +89,14 @@ docker-run: $(VENV)/.installed-dev
 reproduce: $(VENV)/.installed-dev
 	$(RUN_ENV) $(PY) -m agent.container reproduce --commit $(COMMIT) --runs $(RUNS) $(if $(DATA),--data $(abspath $(DATA)))
 
+# GPU benchmark table (on an NVIDIA GPU); BACKEND=jax also runs cuda beside it, for the comparison.
+# BENCH_ARGS e.g. "--budget 0 --repeat 1" (0: the profile's full 300 s).
+# Uses .venv where it exists, else python3 (a GPU machine with torch/jax already installed).
+BENCH_ARGS ?=
+BENCH_PY   := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+bench-gpu:
+	$(RUN_ENV) PYTHONPATH=$(CURDIR) $(BENCH_PY) bench/gpu.py --backend $(RESOLVED) $(BENCH_ARGS)
+	$(if $(filter jax,$(RESOLVED)),$(RUN_ENV) PYTHONPATH=$(CURDIR) $(BENCH_PY) bench/gpu.py --backend cuda $(BENCH_ARGS))
+
 clean-venv:
 	rm -rf $(VENV)

@@ -1,0 +1,641 @@
+"""The reference trainer (BACKEND=cuda): a small GPT trained for a fixed wall-clock budget, then scored in
+validation bits per byte. One file, read top to bottom: model, optimizer, hyperparameters, training loop.
+
+Runs on an NVIDIA GPU (bf16 autocast, torch.compile per block, FlexAttention for sliding windows, Polar Express
+in bf16) and on a CPU or Apple GPU (float32 throughout, SDPA with an explicit mask: the same numbers; compiled
+on a CPU only for budgets of a minute or more). Importing this file does no work; main() runs under __main__,
+so tests and the parity harness can build the model (build_model, tiny_config) and take single steps
+(build_optimizer, train_step), exchanging weights through export_weights / import_weights.
+
+Parameter names (model.state_dict() keys) are the exchange format between backends. L = n_layer,
+D = n_embd, H = n_head, V = vocab_size, VE = the layers with value embeddings (i % 2 == (L - 1) % 2: every
+other layer, the last included). Linear weights are (out_features, in_features), applied as y = x @ W.T.
+
+    wte.weight                     (V, D)      token embedding
+    blocks.{i}.attn.c_q.weight     (D, D)
+    blocks.{i}.attn.c_k.weight     (D, D)
+    blocks.{i}.attn.c_v.weight     (D, D)
+    blocks.{i}.attn.c_proj.weight  (D, D)
+    blocks.{i}.attn.ve_gate.weight (H, 32)     i in VE only
+    blocks.{i}.mlp.c_fc.weight     (4D, D)
+    blocks.{i}.mlp.c_proj.weight   (D, 4D)
+    value_embeds.{i}.weight        (V, D)      i in VE only
+    lm_head.weight                 (V, D)
+    resid_lambdas                  (L,)
+    x0_lambdas                     (L,)
+
+Conventions a port must match: RMSNorm without weights, eps 1e-6, over the last axis; RoPE on halves
+(x1 = x[..., :hd/2], x2 = x[..., hd/2:]; y1 = x1 cos + x2 sin, y2 = -x1 sin + x2 cos; base 10000), applied
+to q and k before their RMSNorm; attention scale 1/sqrt(head_dim); a sliding window of w lets query i see
+keys j with 0 <= i - j <= w (FlashAttention's window_size=(w, 0)).
+"""
+
+import gc
+import math
+import os
+import resource
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from common.errors import run_cli
+
+# ---------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class GPTConfig:
+    sequence_len: int = 2048
+    vocab_size: int = 8192
+    n_layer: int = 8
+    n_head: int = 4
+    n_embd: int = 512
+    window_pattern: str = "SSSL"
+
+
+def norm(x):
+    return F.rms_norm(x, (x.size(-1),), eps=1e-6)
+
+
+def has_ve(i, n_layer):
+    """Value embeddings on alternating layers, the last always included."""
+    return i % 2 == (n_layer - 1) % 2
+
+
+def window_sizes(config):
+    """Per-layer attention window: 'L' is the full context, 'S' half of it; the last layer is always full."""
+    sizes = {"L": config.sequence_len, "S": config.sequence_len // 2}
+    pattern = config.window_pattern.upper()
+    assert pattern and set(pattern) <= set("SL"), f"WINDOW_PATTERN must use S and L only, got {pattern!r}"
+    windows = [sizes[pattern[i % len(pattern)]] for i in range(config.n_layer)]
+    windows[-1] = config.sequence_len
+    return windows
+
+
+def apply_rotary(x, cos, sin):
+    d = x.size(-1) // 2
+    x1, x2 = x[..., :d], x[..., d:]
+    return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1)
+
+
+_dense_masks = {}
+_block_masks = {}
+
+
+def sliding_window_mask(T, window, device):
+    """Boolean (T, T) mask, True where query i may attend key j."""
+    key = (T, window, str(device))
+    if key not in _dense_masks:
+        i = torch.arange(T, device=device)
+        dist = i[:, None] - i[None, :]
+        _dense_masks[key] = (dist >= 0) & (dist <= window)
+    return _dense_masks[key]
+
+
+def sliding_block_mask(T, window, device, block=128):
+    """The same window as a FlexAttention BlockMask over 128 x 128 tiles, built directly from tile arithmetic
+    (create_block_mask evaluates the mask on all T x T pairs: 6 s at start-up on an H100)."""
+    from torch.nn.attention.flex_attention import BlockMask
+    key = (T, window, str(device))
+    if key not in _block_masks:
+        tiles = torch.arange(T // block)
+        gap = (tiles[:, None] - tiles[None, :]) * block  # i - j ranges over gap +- (block - 1) on a tile pair
+        full = (gap - (block - 1) >= 0) & (gap + (block - 1) <= window)
+        partial = (gap + (block - 1) >= 0) & (gap - (block - 1) <= window) & ~full
+
+        def kv_blocks(visible):  # per query tile: how many kv tiles, and which (listed first)
+            order = torch.argsort((~visible).int(), dim=-1, stable=True)
+            return visible.sum(-1).int()[None, None].to(device), order.int()[None, None].to(device)
+
+        def in_window(b, h, q, kv):
+            return (q >= kv) & (q - kv <= window)
+        _block_masks[key] = BlockMask.from_kv_blocks(*kv_blocks(partial), *kv_blocks(full), BLOCK_SIZE=block,
+                                                     mask_mod=in_window)
+    return _block_masks[key]
+
+
+def attention(q, k, v, window):
+    """Causal attention over (B, H, T, hd), limited to `window` keys back."""
+    T = q.size(2)
+    if window >= T:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    if q.is_cuda and T % 128 == 0:
+        from torch.nn.attention.flex_attention import flex_attention
+        return flex_attention(q, k, v, block_mask=sliding_block_mask(T, window, q.device))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=sliding_window_mask(T, window, q.device))
+
+
+class CausalSelfAttention(nn.Module):
+    ve_gate_channels = 32
+
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.n_head = config.n_head
+        self.head_dim = config.n_embd // config.n_head
+        D = config.n_embd
+        self.c_q = nn.Linear(D, D, bias=False)
+        self.c_k = nn.Linear(D, D, bias=False)
+        self.c_v = nn.Linear(D, D, bias=False)
+        self.c_proj = nn.Linear(D, D, bias=False)
+        self.ve_gate = nn.Linear(self.ve_gate_channels, self.n_head, bias=False) if has_ve(layer_idx, config.n_layer) else None
+
+    def forward(self, x, ve, cos, sin, window):
+        B, T, _ = x.shape
+        q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
+        k = self.c_k(x).view(B, T, self.n_head, self.head_dim)
+        v = self.c_v(x).view(B, T, self.n_head, self.head_dim)
+        if ve is not None:  # value residual, gated per head by the input (gate 1.0 at init)
+            gate = 2 * torch.sigmoid(self.ve_gate(x[..., :self.ve_gate_channels]))
+            v = v + gate.unsqueeze(-1) * ve.view(B, T, self.n_head, self.head_dim)
+        cos, sin = cos.to(q.dtype), sin.to(q.dtype)  # bf16 under autocast, so q and k stay bf16
+        q = norm(apply_rotary(q, cos, sin))
+        k = norm(apply_rotary(k, cos, sin))
+        y = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), window)
+        return self.c_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=False)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=False)
+
+    def forward(self, x):
+        return self.c_proj(F.relu(self.c_fc(x)).square())
+
+
+class Block(nn.Module):
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.attn = CausalSelfAttention(config, layer_idx)
+        self.mlp = MLP(config)
+
+    def forward(self, x, x0, resid_lambda, x0_lambda, ve, cos, sin, window):
+        x = resid_lambda * x + x0_lambda * x0  # per-layer mix of the residual stream and the embedding
+        x = x + self.attn(norm(x), ve, cos, sin, window)
+        return x + self.mlp(norm(x))
+
+
+class LMHead(nn.Linear):
+    """Final RMSNorm, unembedding, logit soft-cap at 15 and per-token cross-entropy (nats, float32)."""
+
+    def forward(self, x, targets=None):
+        logits = super().forward(norm(x)).float()
+        logits = 15 * torch.tanh(logits / 15)
+        if targets is None:
+            return logits
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
+
+
+class GPT(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.windows = window_sizes(config)
+        L, D, V = config.n_layer, config.n_embd, config.vocab_size
+        self.wte = nn.Embedding(V, D)
+        self.blocks = nn.ModuleList([Block(config, i) for i in range(L)])
+        self.value_embeds = nn.ModuleDict({str(i): nn.Embedding(V, D) for i in range(L) if has_ve(i, L)})
+        self.lm_head = LMHead(D, V, bias=False)
+        self.resid_lambdas = nn.Parameter(torch.ones(L))
+        self.x0_lambdas = nn.Parameter(torch.zeros(L))
+        head_dim = D // config.n_head
+        inv_freq = 1.0 / 10000 ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        freqs = torch.outer(torch.arange(config.sequence_len, dtype=torch.float32), inv_freq)
+        self.register_buffer("cos", freqs.cos()[None, :, None, :], persistent=False)
+        self.register_buffer("sin", freqs.sin()[None, :, None, :], persistent=False)
+
+    @torch.no_grad()
+    def init_weights(self):
+        s = (3 / self.config.n_embd) ** 0.5  # uniform(-s, s) has the std of normal(0, 1/sqrt(D))
+        nn.init.normal_(self.wte.weight, std=1.0)
+        nn.init.normal_(self.lm_head.weight, std=0.001)
+        for block in self.blocks:
+            for lin in (block.attn.c_q, block.attn.c_k, block.attn.c_v, block.mlp.c_fc):
+                nn.init.uniform_(lin.weight, -s, s)
+            nn.init.zeros_(block.attn.c_proj.weight)
+            nn.init.zeros_(block.mlp.c_proj.weight)
+            if block.attn.ve_gate is not None:
+                nn.init.zeros_(block.attn.ve_gate.weight)
+        for ve in self.value_embeds.values():
+            nn.init.uniform_(ve.weight, -s, s)
+        self.resid_lambdas.fill_(1.0)
+        self.x0_lambdas.fill_(0.1)
+
+    def forward(self, idx, targets=None):
+        """Per-token cross-entropy in nats, float32, shape (B, T); the logits when targets is None."""
+        T = idx.size(1)
+        cos, sin = self.cos[:, :T], self.sin[:, :T]
+        x = x0 = norm(self.wte(idx))
+        for i, block in enumerate(self.blocks):
+            ve = self.value_embeds[str(i)](idx) if str(i) in self.value_embeds else None
+            x = block(x, x0, self.resid_lambdas[i], self.x0_lambdas[i], ve, cos, sin, self.windows[i])
+        return self.lm_head(x, targets)
+
+    def flops_per_token(self):
+        """Training FLOPs per token (forward + backward), counted as upstream: 6 x matmul weights + attention."""
+        embeddings = self.wte.weight.numel() + sum(ve.weight.numel() for ve in self.value_embeds.values())
+        scalars = self.resid_lambdas.numel() + self.x0_lambdas.numel()
+        matmul = sum(p.numel() for p in self.parameters()) - embeddings - scalars
+        head_dim = self.config.n_embd // self.config.n_head
+        attn = sum(12 * self.config.n_head * head_dim * min(w, self.config.sequence_len) for w in self.windows)
+        return 6 * matmul + attn
+
+
+# ---------------------------------------------------------------------------
+# Optimizer: Muon (Polar Express, NorMuon, cautious weight decay) for the block matrices, AdamW for the rest
+# ---------------------------------------------------------------------------
+
+# Polar Express (Amsel et al., 2025): per-iteration coefficients of X <- aX + b(XX^T)X + c(XX^T)^2 X.
+POLAR_EXPRESS = [
+    (8.156554524902461, -22.48329292557795, 15.878769915207462),
+    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+]
+
+
+def polar_express(g, dtype, steps=5):
+    """Approximately orthogonalise each matrix of the stack g (N, rows, cols): U V^T of its SVD."""
+    x = g.to(dtype)
+    x = x / (x.norm(dim=(-2, -1), keepdim=True) * 1.02 + 1e-6)
+    tall = x.size(-2) > x.size(-1)
+    if tall:  # iterate on the smaller Gram matrix
+        x = x.mT
+    for a, b, c in POLAR_EXPRESS[:steps]:
+        A = x @ x.mT
+        x = a * x + (b * A + c * (A @ A)) @ x
+    return (x.mT if tall else x).to(g.dtype)
+
+
+def adamw_update(p, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, wd):
+    p.mul_(1 - lr * wd)
+    exp_avg.lerp_(grad, 1 - beta1)
+    exp_avg_sq.lerp_(grad.square(), 1 - beta2)
+    denom = (exp_avg_sq / (1 - beta2 ** step)).sqrt() + eps
+    p.sub_(lr / (1 - beta1 ** step) * exp_avg / denom)
+
+
+def muon_update(params, grads, momentum_buf, second_buf, momentum, lr, wd, beta2, ortho_dtype):
+    """One Muon step on a stack of same-shape matrices (N, rows, cols), in place on params."""
+    momentum_buf.lerp_(grads, 1 - momentum)
+    g = grads.lerp(momentum_buf, momentum)  # Nesterov
+    g = polar_express(g, ortho_dtype)
+    # NorMuon: equalise the update's per-row (per-column for wide matrices) scale with a second moment,
+    # then restore the orthogonalised update's overall norm.
+    red = -1 if g.size(-2) >= g.size(-1) else -2
+    v = g.square().mean(dim=red, keepdim=True)
+    second_buf.lerp_(v, 1 - beta2)
+    scale = second_buf.clamp_min(1e-10).rsqrt()
+    norm_before = v.sum(dim=(-2, -1), keepdim=True).sqrt()
+    norm_after = (v * scale.square()).sum(dim=(-2, -1), keepdim=True).sqrt()
+    g = g * (scale * norm_before / norm_after.clamp_min(1e-10))
+    # Cautious weight decay: decay only where the update and the weight agree in sign.
+    params.sub_(lr * g + lr * wd * params * ((g * params) >= 0))
+
+
+class MuonAdamW(torch.optim.Optimizer):
+    """Groups of kind 'adamw' (lr, betas, eps, weight_decay) and 'muon' (lr, momentum, beta2, weight_decay;
+    all params of one shape). Every group also has a name and its initial lr and weight decay.
+
+    Runs eagerly: compiling these updates measured 0.6% faster steps on an H100 for 18 s more cold start."""
+
+    def __init__(self, param_groups):
+        super().__init__(param_groups, defaults={})
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            if group["kind"] == "adamw":
+                for p in group["params"]:
+                    state = self.state[p]
+                    if not state:
+                        state.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+                    state["step"] += 1
+                    adamw_update(p, p.grad, state["exp_avg"], state["exp_avg_sq"], state["step"], group["lr"],
+                                 group["betas"][0], group["betas"][1], group["eps"], group["weight_decay"])
+            else:
+                params = group["params"]
+                rows, cols = params[0].shape
+                state = self.state[params[0]]
+                if not state:
+                    stat_shape = (len(params), rows, 1) if rows >= cols else (len(params), 1, cols)
+                    state["momentum_buffer"] = torch.zeros(len(params), rows, cols, device=params[0].device)
+                    state["second_momentum_buffer"] = torch.zeros(stat_shape, device=params[0].device)
+                stacked = torch.stack(params)
+                ortho_dtype = torch.bfloat16 if stacked.is_cuda else torch.float32
+                muon_update(stacked, torch.stack([p.grad for p in params]), state["momentum_buffer"],
+                            state["second_momentum_buffer"], group["momentum"], group["lr"] * max(1.0, rows / cols) ** 0.5,
+                            group["weight_decay"], group["beta2"], ortho_dtype)
+                torch._foreach_copy_(params, list(stacked.unbind(0)))
+
+
+# ---------------------------------------------------------------------------
+# Hyperparameters (edit these directly; None means the platform profile's value)
+# ---------------------------------------------------------------------------
+
+# Model
+DEPTH = None               # transformer layers (profile: h100 8, gpu 6, apple 4, cpu 2, smoke 2)
+ASPECT_RATIO = 64          # model_dim = DEPTH * ASPECT_RATIO, rounded up to a multiple of HEAD_DIM
+HEAD_DIM = 128             # attention head dimension
+WINDOW_PATTERN = "SSSL"    # per-layer attention window: L = full context, S = half; the last layer is always L
+
+# Batch
+TOTAL_BATCH_SIZE = None    # tokens per optimizer step (profile: h100 2**19)
+DEVICE_BATCH_SIZE = None   # sequences per forward/backward; lower it if memory runs out (profile: h100 128)
+
+# Optimization
+MATRIX_LR = 0.04           # Muon, block matrices
+EMBEDDING_LR = 0.6         # AdamW, token and value embeddings (scaled by 1/sqrt(model_dim/768))
+UNEMBEDDING_LR = 0.004     # AdamW, lm_head (scaled likewise)
+SCALAR_LR = 0.5            # AdamW, x0_lambdas (resid_lambdas get 0.01x)
+WEIGHT_DECAY = 0.2         # Muon's cautious weight decay, decayed linearly to 0 over the budget
+ADAM_BETAS = (0.8, 0.95)
+WARMUP_RATIO = 0.0         # fraction of the time budget for LR warmup
+WARMDOWN_RATIO = 0.5       # fraction of the time budget for the final linear LR decay
+FINAL_LR_FRAC = 0.0        # LR at the end, as a fraction of the initial LR
+MUON_MOMENTUM = (0.85, 0.95)  # Muon momentum ramps from the first to the second value ...
+MOMENTUM_RAMP_RATIO = 0.3     # ... over this fraction of the time budget (upstream: 300 of ~950 steps)
+
+# Loop
+UNTIMED_STEPS = 2          # the first steps compile; they are not counted in the time budget
+SEED = 42
+
+
+def model_config(depth, sequence_len, vocab_size):
+    model_dim = -(-depth * ASPECT_RATIO // HEAD_DIM) * HEAD_DIM
+    return GPTConfig(sequence_len=sequence_len, vocab_size=vocab_size, n_layer=depth,
+                     n_head=model_dim // HEAD_DIM, n_embd=model_dim, window_pattern=WINDOW_PATTERN)
+
+
+def tiny_config():
+    """For tests and cross-backend parity: sliding windows (16 of 32), value embeddings on layers 1 and 3."""
+    return GPTConfig(sequence_len=32, vocab_size=512, n_layer=4, n_head=2, n_embd=64, window_pattern="SSSL")
+
+
+def build_model(config, device="cpu", seed=SEED):
+    """An initialised GPT on device. On CUDA the embeddings are bf16, as upstream (halves their traffic)."""
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    with device:
+        model = GPT(config)
+        model.init_weights()
+    if device.type == "cuda":
+        model.wte.to(torch.bfloat16)
+        model.value_embeds.to(torch.bfloat16)
+        for w in set(model.windows):
+            if w < config.sequence_len and config.sequence_len % 128 == 0:
+                sliding_block_mask(config.sequence_len, w, device)  # before torch.compile traces attention
+    return model
+
+
+def compile_model(model):
+    """Compile each block and the head on their own (regional compilation): layers of one kind share a
+    compiled graph, so a cold start compiles 3 small graphs rather than the whole model. Names are unchanged."""
+    for module in (*model.blocks, model.lm_head):
+        module.compile(dynamic=False)
+    return model
+
+
+def build_optimizer(model, matrix_lr=MATRIX_LR, embedding_lr=EMBEDDING_LR, unembedding_lr=UNEMBEDDING_LR,
+                    scalar_lr=SCALAR_LR, weight_decay=WEIGHT_DECAY, adam_betas=ADAM_BETAS):
+    scale = (model.config.n_embd / 768) ** -0.5  # AdamW LRs were tuned at model_dim 768
+    adamw = dict(kind="adamw", betas=adam_betas, eps=1e-10, weight_decay=0.0)
+    groups = [
+        dict(adamw, name="lm_head", params=[model.lm_head.weight], lr=unembedding_lr * scale),
+        dict(adamw, name="wte", params=[model.wte.weight], lr=embedding_lr * scale),
+        dict(adamw, name="value_embeds", params=list(model.value_embeds.parameters()), lr=embedding_lr * scale),
+        dict(adamw, name="resid_lambdas", params=[model.resid_lambdas], lr=scalar_lr * 0.01),
+        dict(adamw, name="x0_lambdas", params=[model.x0_lambdas], lr=scalar_lr, betas=(0.96, 0.95)),
+    ]
+    matrices = list(model.blocks.parameters())
+    for shape in sorted({tuple(p.shape) for p in matrices}):
+        groups.append(dict(kind="muon", name=f"muon_{shape[0]}x{shape[1]}", params=[p for p in matrices if p.shape == shape],
+                           lr=matrix_lr, momentum=MUON_MOMENTUM[1], beta2=0.95, weight_decay=weight_decay))
+    for g in groups:
+        g["initial_lr"], g["initial_weight_decay"] = g["lr"], g["weight_decay"]
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    return MuonAdamW(groups)
+
+
+def lr_multiplier(progress):
+    if progress < WARMUP_RATIO:
+        return progress / WARMUP_RATIO
+    if progress < 1 - WARMDOWN_RATIO:
+        return 1.0
+    cooldown = (1 - progress) / WARMDOWN_RATIO
+    return cooldown + (1 - cooldown) * FINAL_LR_FRAC
+
+
+def muon_momentum(progress):
+    frac = min(progress / MOMENTUM_RAMP_RATIO, 1.0) if MOMENTUM_RAMP_RATIO > 0 else 1.0
+    return (1 - frac) * MUON_MOMENTUM[0] + frac * MUON_MOMENTUM[1]
+
+
+def set_schedules(optimizer, progress):
+    """LR warmup/warmdown, Muon momentum ramp and weight-decay decay, all on training-time progress in [0, 1]."""
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] * lr_multiplier(progress)
+        if group["kind"] == "muon":
+            group["momentum"] = muon_momentum(progress)
+            group["weight_decay"] = group["initial_weight_decay"] * (1 - progress)
+
+
+def autocast(device):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+def train_step(model, optimizer, batches, progress):
+    """One optimizer step: forward/backward over a list of (inputs, targets) micro-batches with their
+    gradients averaged, schedules set for `progress`. Returns the mean loss as a 0-d tensor (no device sync)."""
+    losses = []
+    for x, y in batches:
+        with autocast(x.device):
+            loss = model(x, y).mean()
+        (loss / len(batches)).backward()
+        losses.append(loss.detach())
+    set_schedules(optimizer, progress)
+    optimizer.step()
+    model.zero_grad(set_to_none=True)
+    return torch.stack(losses).mean()
+
+
+def export_weights(model):
+    """{parameter name: float32 numpy array}: the cross-backend exchange format (see the module docstring)."""
+    return {name: t.detach().float().cpu().numpy() for name, t in model.state_dict().items()}
+
+
+def import_weights(model, arrays):
+    """Load export_weights' dict into model, keeping each parameter's device and dtype. Names must match exactly."""
+    state = model.state_dict()
+    missing, unexpected = set(state) - set(arrays), set(arrays) - set(state)
+    if missing or unexpected:
+        raise KeyError(f"weights do not match the model: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
+    with torch.no_grad():
+        for name, t in state.items():
+            if tuple(arrays[name].shape) != tuple(t.shape):
+                raise ValueError(f"{name}: shape {tuple(arrays[name].shape)}, the model has {tuple(t.shape)}")
+            t.copy_(torch.from_numpy(np.asarray(arrays[name])))
+
+
+# ---------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------
+
+
+def pick_device():
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def peak_memory_mb(device):
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    if device.type == "mps":
+        return torch.mps.driver_allocated_memory() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # peak RSS (KiB on Linux)
+
+
+def fail(message):
+    print(f"\nFAIL: {message}", flush=True)
+    sys.exit(1)
+
+
+def main(profile=None):
+    """Train under the platform profile (bench/gpu.py passes one with a shorter budget), evaluate, summarise."""
+    t_start = time.time()
+    os.environ.setdefault("PYTORCH_ALLOC_CONF", "expandable_segments:True")
+    from common.evaluate import evaluate_bpb
+    from common.loader import make_loader
+    from common.platform import get_profile, peak_flops
+    from common.summary import print_summary
+    from common.tokenizer import Tokenizer
+
+    profile = profile or get_profile()
+    device = pick_device()
+    torch.manual_seed(SEED)
+    torch.set_float32_matmul_precision("high")
+    depth = DEPTH or profile.depth
+    device_batch = DEVICE_BATCH_SIZE or profile.device_batch_size
+    total_batch = TOTAL_BATCH_SIZE or profile.total_batch_size
+    seq_len, budget = profile.max_seq_len, profile.time_budget
+    if total_batch % (device_batch * seq_len):
+        fail(f"TOTAL_BATCH_SIZE {total_batch} is not a multiple of DEVICE_BATCH_SIZE x sequence length "
+             f"({device_batch} x {seq_len}); change one of them.")
+    accum_steps = total_batch // (device_batch * seq_len)
+
+    tokenizer = Tokenizer.load()
+    config = model_config(depth, seq_len, tokenizer.vocab_size)
+    model = build_model(config, device)
+    num_params = sum(p.numel() for p in model.parameters())
+    flops_per_token = model.flops_per_token()
+    # On a CPU, compiling runs steps ~2.5x faster at smoke size but takes ~20 s: worth it for long budgets only.
+    use_compile = device.type == "cuda" or (device.type == "cpu" and budget >= 60)
+    optimizer = build_optimizer(model)
+    if use_compile:
+        compile_model(model)
+    if device.type == "cuda":
+        # No CPU kernels to vectorise: skip inductor's CPU vector-ISA probes, each a child process that
+        # imports torch (with torch 2.11 on the H100 machines: ~45 s of every fresh process's compile).
+        from torch._inductor import config as inductor_config
+        inductor_config.cpp.vec_isa_ok = False
+    device_name = torch.cuda.get_device_name() if device.type == "cuda" else device.type
+    peak = peak_flops(device_name, profile)
+    print(f"profile {profile.name} | device {device_name} | torch {torch.__version__} | compile {use_compile}")
+    print(f"model {asdict(config)} | {num_params / 1e6:.1f}M params | {flops_per_token:.3e} FLOPs/token")
+    print(f"batch {device_batch} x {seq_len} x {accum_steps} accumulation = {total_batch} tokens/step | budget {budget}s")
+
+    loader = make_loader("train", device_batch, seq_len, seed=SEED, tokenizer=tokenizer)
+
+    def next_batch():
+        x, y, epoch = next(loader)
+        x, y = torch.from_numpy(x), torch.from_numpy(y)
+        if device.type == "cuda":
+            x, y = x.pin_memory(), y.pin_memory()
+        return x.to(device, non_blocking=True).long(), y.to(device, non_blocking=True).long(), epoch
+
+    def read_loss(pending):
+        """The loss of an earlier step, read once the step is done; fail fast if it diverged."""
+        step, loss, done = pending
+        if done is not None:
+            done.synchronize()
+        loss = loss.item()
+        if not math.isfinite(loss) or loss > 100:
+            fail(f"training loss is {loss} at step {step}: training diverged (NaN or exploding loss). "
+                 "Lower a learning rate or undo the last change.")
+        return loss
+
+    step, training_time, untimed_time, epoch, t_log, smooth_loss = 0, 0.0, 0.0, 0, 0.0, 0.0
+    pending = None  # the previous step's loss, read after this step is queued so that the GPU never idles
+    t_training_start = t_last = time.time()
+    while True:
+        progress = min(training_time / budget, 1.0)
+        batches = []
+        for _ in range(accum_steps):
+            x, y, epoch = next_batch()
+            batches.append((x, y))
+        loss, done = train_step(model, optimizer, batches, progress), None
+        if device.type == "cuda":
+            loss, done = loss.to("cpu", non_blocking=True), torch.cuda.Event()
+            done.record()
+        if pending:
+            smooth_loss = 0.9 * smooth_loss + 0.1 * read_loss(pending)
+        pending = (step, loss, done)
+        dt, t_last = time.time() - t_last, time.time()  # one step's time, once the pipeline is full
+        if step >= UNTIMED_STEPS:
+            training_time += dt
+        else:
+            untimed_time += dt
+        if step == 0:  # the first step made the long-lived objects; stop the GC from scanning them
+            gc.collect()
+            gc.freeze()
+        if time.time() - t_log > 1.0 or step <= UNTIMED_STEPS:
+            t_log = time.time()
+            tok_s = total_batch / dt
+            shown = f"{smooth_loss / (1 - 0.9 ** step):.4f}" if step else "-"  # losses are read one step late
+            print(f"step {step:05d} ({100 * progress:.1f}%) | loss {shown} "
+                  f"| lrm {lr_multiplier(progress):.2f} | dt {dt * 1000:.0f}ms | tok/s {tok_s:,.0f} "
+                  f"| mfu {100 * flops_per_token * tok_s / peak:.1f}% | epoch {epoch} "
+                  f"| left {max(0.0, budget - training_time):.0f}s", flush=True)
+        step += 1
+        if step > UNTIMED_STEPS and training_time >= budget:
+            break
+    read_loss(pending)
+
+    timed_tokens = (step - UNTIMED_STEPS) * total_batch
+
+    # Compiled: grad mode stays on so that the training graph is reused (same shapes) with no second
+    # compilation; each batch's autograd graph is dropped as soon as its losses are copied out.
+    def loss_fn(inputs, targets):
+        x = torch.from_numpy(np.asarray(inputs)).to(device).long()
+        y = torch.from_numpy(np.asarray(targets)).to(device).long()
+        with autocast(device), torch.set_grad_enabled(use_compile):
+            return model(x, y).detach().float().cpu().numpy()
+
+    t_eval = time.time()
+    val_bpb = evaluate_bpb(loss_fn, device_batch, profile)
+    print(f"startup_seconds: {t_training_start - t_start:.1f}")   # imports done: data, model, optimizer
+    print(f"untimed_seconds: {untimed_time:.1f}")                 # the first UNTIMED_STEPS (compilation)
+    print(f"eval_seconds:    {time.time() - t_eval:.1f}")
+    print_summary(
+        val_bpb=val_bpb, training_seconds=training_time, total_seconds=time.time() - t_start,
+        peak_vram_mb=peak_memory_mb(device),
+        mfu_percent=100 * flops_per_token * timed_tokens / training_time / peak if training_time else 0.0,
+        total_tokens_M=step * total_batch / 1e6, num_steps=step, num_params_M=num_params / 1e6, depth=depth,
+        backend="cuda", profile=profile.name, tokens_per_sec=timed_tokens / training_time if training_time else 0.0)
+
+
+if __name__ == "__main__":
+    run_cli(main)

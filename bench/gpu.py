@@ -1,0 +1,114 @@
+"""make bench-gpu BACKEND=cuda|jax: train the baseline on a GPU and print a table of what it cost.
+
+    python bench/gpu.py --backend cuda [--profile h100] [--budget 60] [--repeat 2] [--log-dir DIR]
+    python bench/gpu.py --backend cuda --budget 0 --repeat 1     # the full 300-s baseline
+
+Each run is a fresh process that loads backends/<backend>/train.py and calls its main(profile) with the
+profile's time budget replaced by --budget (--budget 0: the profile's own, 300 s on h100). The data comes from
+AUTORESEARCH_DATA / AUTORESEARCH_CACHE as for `make run`. A second run of the same config shows start-up with
+a warm compilation cache.
+
+Columns: tokens/s and MFU over the timed steps; peak GPU memory; start-up = process start to the first timed
+step (imports, data, model, compilation: wall - training - eval); eval = evaluate_bpb; val_bpb. A backend's
+trainer must have main(profile=None) and print the common summary block and, before it, an
+`eval_seconds: X` line.
+"""
+
+import argparse
+import dataclasses
+import datetime
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def child(backend, profile_name, budget):
+    from common.errors import run_cli
+    from common.platform import get_profile
+    profile = get_profile(profile_name)
+    if budget:
+        profile = dataclasses.replace(profile, time_budget=budget)
+    spec = importlib.util.spec_from_file_location(f"{backend}_train", REPO / "backends" / backend / "train.py")
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    run_cli(train.main, profile)
+
+
+def run_once(args, index):
+    cmd = [sys.executable, __file__, "--child", "--backend", args.backend, "--profile", args.profile,
+           "--budget", str(args.budget)]
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    t0 = time.time()
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if args.verbose:
+            print(line, end="", flush=True)
+    proc.wait()
+    wall = time.time() - t0
+    text = "".join(lines)
+    if args.log_dir:
+        Path(args.log_dir).mkdir(parents=True, exist_ok=True)
+        (Path(args.log_dir) / f"{args.backend}_{args.profile}_{args.budget or 'full'}s_run{index}.log").write_text(text)
+    from common.summary import parse_summary
+    if proc.returncode != 0:
+        print(text[-4000:])
+        return dict(run=index, error=f"exit {proc.returncode}")
+    s = parse_summary(text)
+    eval_s = float(m.group(1)) if (m := re.search(r"^eval_seconds:\s*([\d.]+)", text, re.M)) else float("nan")
+    return dict(run=index, steps=s["num_steps"], train_s=s["training_seconds"], tok_s=s["tokens_per_sec"],
+                mfu=s["mfu_percent"], peak_gb=s["peak_vram_mb"] / 1024, wall=wall,
+                startup=wall - s["training_seconds"] - eval_s, eval=eval_s, overhead=wall - s["training_seconds"],
+                val_bpb=s["val_bpb"])
+
+
+def gpu_name():
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10).stdout.strip()
+        return out.splitlines()[0] if out else "no NVIDIA GPU"
+    except (OSError, subprocess.TimeoutExpired):
+        return "no NVIDIA GPU"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backend", default="cuda", choices=["cuda", "jax"])
+    parser.add_argument("--profile", default=os.environ.get("AUTORESEARCH_PROFILE") or "h100")
+    parser.add_argument("--budget", type=float, default=60, help="training seconds per run; 0 = the profile's")
+    parser.add_argument("--repeat", type=int, default=2, help="runs (the second has a warm compilation cache)")
+    parser.add_argument("--log-dir", help="write each run's full log here")
+    parser.add_argument("--verbose", action="store_true", help="stream the trainer's output")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(args.backend, args.profile, args.budget)
+
+    from common.errors import run_cli
+    from common.prepare import prepare
+    run_cli(prepare, os.environ.get("AUTORESEARCH_DATA"), if_needed=True)  # as `make run`: a no-op once prepared
+    rows = [run_once(args, i + 1) for i in range(args.repeat)]
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    print(f"\n{args.backend} backend | profile {args.profile} | budget {args.budget or 'profile'} s | {gpu_name()} | {date}")
+    header = f"{'run':>3} {'steps':>6} {'train s':>8} {'tokens/s':>11} {'MFU %':>6} {'peak GB':>8} {'start-up s':>10} {'eval s':>7} {'wall-train s':>12} {'val_bpb':>9}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        if "error" in r:
+            print(f"{r['run']:>3} {r['error']}")
+            continue
+        print(f"{r['run']:>3} {r['steps']:>6} {r['train_s']:>8.1f} {r['tok_s']:>11,.0f} {r['mfu']:>6.1f} {r['peak_gb']:>8.1f} "
+              f"{r['startup']:>10.1f} {r['eval']:>7.1f} {r['overhead']:>12.1f} {r['val_bpb']:>9.4f}")
+    return 0 if all("error" not in r for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

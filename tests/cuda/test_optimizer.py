@@ -1,0 +1,141 @@
+"""MuonAdamW: Polar Express orthogonalises, one Muon step moves a matrix by lr x an orthogonal matrix, cautious
+weight decay only decays where update and weight agree, and every AdamW group steps with its own LR."""
+
+import pytest
+import torch
+
+
+def svdvals(x):
+    return torch.linalg.svdvals(x.double())
+
+
+def conditioned(rows, cols, gen, batch=()):
+    """A random matrix whose singular values spread log-uniformly over [0.05, 1] (a Gaussian matrix has some
+    near zero, which five Polar Express steps are not meant to lift to 1)."""
+    u, _ = torch.linalg.qr(torch.randn(*batch, rows, rows, generator=gen, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(*batch, cols, cols, generator=gen, dtype=torch.float64))
+    k = min(rows, cols)
+    s = torch.exp(torch.empty(*batch, k, dtype=torch.float64).uniform_(-3.0, 0.0, generator=gen))
+    return (u[..., :k] * s.unsqueeze(-2) @ v[..., :k].mT).float()
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (64, 256), (256, 64)])
+def test_polar_express_gives_near_orthogonal_matrix(train, shape):
+    g = conditioned(*shape, torch.Generator().manual_seed(0), batch=(3,))
+    x = train.polar_express(g, torch.float32)
+    s = svdvals(x)
+    # Polar Express's 5 steps map singular values into about [0.7, 1.2] (not exactly 1, by design).
+    assert s.min() > 0.6 and s.max() < 1.25, (s.min().item(), s.max().item())
+    # ... and it points the same way as the exact polar factor U V^T.
+    u, _, vh = torch.linalg.svd(g.double(), full_matrices=False)
+    cos = (x.double() * (u @ vh)).sum(dim=(-2, -1)) / (x.double().norm(dim=(-2, -1)) * (u @ vh).norm(dim=(-2, -1)))
+    assert cos.min() > 0.98
+
+
+def single_matrix_muon(train, w, grad, lr=0.02, wd=0.0):
+    p = torch.nn.Parameter(w.clone())
+    p.grad = grad.clone()
+    opt = train.MuonAdamW([dict(kind="muon", name="m", params=[p], lr=lr, momentum=0.95, beta2=0.95,
+                                weight_decay=wd, initial_lr=lr, initial_weight_decay=wd)])
+    opt.step()
+    return p.detach()
+
+
+def test_one_muon_step_moves_square_matrix_by_lr_times_orthogonal(train):
+    gen = torch.Generator().manual_seed(1)
+    w, grad = torch.randn(64, 64, generator=gen) * 0.1, conditioned(64, 64, gen)
+    lr = 0.02
+    update = (w - single_matrix_muon(train, w, grad, lr)) / lr
+    s = svdvals(update)
+    assert s.min() > 0.6 and s.max() < 1.25
+    # NorMuon equalises row norms; a square orthogonal matrix has unit rows, so the rms per row stays ~1.
+    rows = update.norm(dim=1)
+    assert torch.allclose(rows, rows.mean().expand_as(rows), rtol=1e-4)
+    assert abs(update.norm().item() - train.polar_express(grad[None], torch.float32)[0].norm().item()) < 1e-3
+    # The update follows the gradient (momentum at step 1 only rescales it).
+    assert (update * grad).sum() > 0
+
+
+def test_muon_scales_lr_for_tall_matrices(train):
+    gen = torch.Generator().manual_seed(2)
+    w, grad = torch.randn(256, 64, generator=gen) * 0.1, torch.randn(256, 64, generator=gen)
+    lr = 0.01
+    update = (w - single_matrix_muon(train, w, grad, lr)) / lr
+    expected = 2.0 * train.polar_express(grad[None], torch.float32)[0].norm()  # sqrt(256 / 64) = 2
+    assert abs(update.norm().item() / expected.item() - 1) < 1e-4
+
+
+def test_cautious_weight_decay_only_where_signs_agree(train):
+    gen = torch.Generator().manual_seed(3)
+    w, grad = torch.randn(64, 64, generator=gen), torch.randn(64, 64, generator=gen)
+    lr, wd = 0.02, 0.5
+    plain = single_matrix_muon(train, w, grad, lr, wd=0.0)
+    decayed = single_matrix_muon(train, w, grad, lr, wd=wd)
+    update = (w - plain) / lr
+    agree = (update * w) >= 0
+    expected = plain - lr * wd * w * agree
+    assert torch.allclose(decayed, expected, atol=1e-6)
+    assert 0.3 < agree.float().mean() < 0.7  # both cases occur
+
+
+def test_groups_cover_every_parameter_once_with_their_lrs(train):
+    config = train.tiny_config()
+    model = train.build_model(config)
+    opt = train.build_optimizer(model)
+    groups = {g["name"]: g for g in opt.param_groups}
+    scale = (config.n_embd / 768) ** -0.5
+    expected = {
+        "lm_head": train.UNEMBEDDING_LR * scale,
+        "wte": train.EMBEDDING_LR * scale,
+        "value_embeds": train.EMBEDDING_LR * scale,
+        "resid_lambdas": train.SCALAR_LR * 0.01,
+        "x0_lambdas": train.SCALAR_LR,
+    }
+    for name, lr in expected.items():
+        assert groups[name]["kind"] == "adamw" and groups[name]["lr"] == pytest.approx(lr), name
+    muon = [g for g in opt.param_groups if g["kind"] == "muon"]
+    assert all(g["lr"] == train.MATRIX_LR for g in muon)
+    ids = [id(p) for g in opt.param_groups for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in model.parameters())
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {names[id(p)] for g in muon for p in g["params"]} == {n for n in names.values() if n.startswith("blocks.")}
+
+
+def test_each_adamw_group_steps_by_its_lr(train):
+    """Adam's first step moves every weight by about lr (m_hat / sqrt(v_hat) = sign(grad)), so the step size
+    read off each parameter is its group's LR, after the schedule has been applied."""
+    model = train.build_model(train.tiny_config())
+    with torch.no_grad():  # the zero-initialised projections would block every gradient to the value embeddings
+        for block in model.blocks:
+            block.attn.c_proj.weight.normal_(0, 0.05)
+    opt = train.build_optimizer(model)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    x = torch.randint(0, model.config.vocab_size, (2, model.config.sequence_len), generator=torch.Generator().manual_seed(0))
+    progress = 0.75  # in the warmdown: LR multiplier 0.5
+    train.train_step(model, opt, [(x, x.roll(-1, 1))], progress)
+    lrm = train.lr_multiplier(progress)
+    assert lrm == pytest.approx(0.5)
+    for group in opt.param_groups:
+        if group["kind"] != "adamw":
+            continue
+        assert group["lr"] == pytest.approx(group["initial_lr"] * lrm)
+        for p in group["params"]:
+            name = next(n for n, q in model.named_parameters() if q is p)
+            moved = (p.detach() - before[name]).abs()
+            moved = moved[moved > 0]  # embedding rows of unseen tokens get no gradient
+            assert moved.numel() > 0, name
+            # Entries with a gradient near Adam's eps move a little less; none moves more.
+            assert moved.median().item() == pytest.approx(group["lr"], rel=1e-3), name
+            assert moved.max().item() <= group["lr"] * (1 + 1e-5) + 1e-6, name  # + float32 rounding of p
+
+
+def test_schedules_follow_training_progress(train):
+    assert train.lr_multiplier(0.0) == 1.0 and train.lr_multiplier(1.0) == pytest.approx(train.FINAL_LR_FRAC)
+    assert train.muon_momentum(0.0) == train.MUON_MOMENTUM[0]
+    assert train.muon_momentum(1.0) == train.MUON_MOMENTUM[1]
+    model = train.build_model(train.tiny_config())
+    opt = train.build_optimizer(model)
+    train.set_schedules(opt, 0.5)
+    muon = next(g for g in opt.param_groups if g["kind"] == "muon")
+    assert muon["weight_decay"] == pytest.approx(train.WEIGHT_DECAY * 0.5)
+    assert muon["momentum"] == train.MUON_MOMENTUM[1]

@@ -1,0 +1,121 @@
+"""The trainer end to end: learning on a fixed batch, the weight exchange format, the smoke run through
+`make run`, and the fast-fail on a NaN loss."""
+
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from common.summary import parse_summary
+from cudakit import CORPUS, REPO, TRAIN_PY
+
+
+def fixed_batch(config, seed=0, batch=4):
+    x = torch.randint(0, config.vocab_size, (batch, config.sequence_len), generator=torch.Generator().manual_seed(seed))
+    return x, x.roll(-1, dims=1)
+
+
+def test_loss_falls_on_a_fixed_batch(train):
+    config = train.tiny_config()
+    model = train.build_model(config)
+    opt = train.build_optimizer(model)
+    x, y = fixed_batch(config)
+    losses = [train.train_step(model, opt, [(x[:2], y[:2]), (x[2:], y[2:])], step / 40).item() for step in range(40)]
+    assert losses[0] == pytest.approx(math.log(config.vocab_size), rel=0.05)  # uniform at init (lm_head ~ 0)
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < 0.3 * losses[0], losses[::5]
+
+
+def test_gradient_accumulation_equals_one_big_batch(train):
+    config = train.tiny_config()
+    x, y = fixed_batch(config)
+    weights = {}
+    for name, batches in (("one", [(x, y)]), ("two", [(x[:2], y[:2]), (x[2:], y[2:])])):
+        model = train.build_model(config)
+        with torch.no_grad():  # at init the zero projections leave some gradients at rounding noise
+            for block in model.blocks:
+                block.attn.c_proj.weight.normal_(0, 0.05, generator=torch.Generator().manual_seed(0))
+                block.mlp.c_proj.weight.normal_(0, 0.05, generator=torch.Generator().manual_seed(1))
+        train.train_step(model, train.build_optimizer(model), batches, 0.0)
+        weights[name] = train.export_weights(model)
+    for name in weights["one"]:
+        np.testing.assert_allclose(weights["two"][name], weights["one"][name], rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_exported_names_are_the_documented_exchange_format(train):
+    config = train.tiny_config()
+    arrays = train.export_weights(train.build_model(config))
+    documented = set(re.findall(r"^    (\S+)\s+\(", train.__doc__, flags=re.M))
+    expand = lambda pattern, layers: {pattern.replace("{i}", str(i)) for i in layers}
+    L = config.n_layer
+    ve_layers = [i for i in range(L) if train.has_ve(i, L)]
+    expected = set()
+    for name in documented:
+        expected |= expand(name, ve_layers if ("ve_gate" in name or "value_embeds" in name) else range(L))
+    assert set(arrays) == expected
+    assert all(a.dtype == np.float32 for a in arrays.values())
+    D, V = config.n_embd, config.vocab_size
+    assert arrays["blocks.0.mlp.c_fc.weight"].shape == (4 * D, D)
+    assert arrays["blocks.1.attn.ve_gate.weight"].shape == (config.n_head, 32)
+    assert arrays["value_embeds.3.weight"].shape == (V, D)
+
+
+def test_import_weights_round_trip_gives_the_same_losses(train):
+    config = train.tiny_config()
+    x, y = fixed_batch(config)
+    source, target = train.build_model(config, seed=1), train.build_model(config, seed=2)
+    with torch.no_grad():
+        assert not torch.equal(source(x, y), target(x, y))
+        train.import_weights(target, train.export_weights(source))
+        assert torch.equal(source(x, y), target(x, y))
+    with pytest.raises(KeyError):
+        train.import_weights(target, {k: v for k, v in train.export_weights(source).items() if k != "wte.weight"})
+
+
+def run(cmd, env, timeout=300):
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_smoke_run_through_make(prepared_env):
+    """make run BACKEND=cuda PROFILE=smoke DATA=../shared/corpus, with this interpreter and no reinstall."""
+    data = os.path.relpath(CORPUS, REPO)
+    out = run(["make", "-o", ".venv/.installed-cuda", "run", "BACKEND=cuda", "PROFILE=smoke", f"DATA={data}",
+               f"PY={sys.executable}"], prepared_env)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    summary = parse_summary(out.stdout)
+    assert math.isfinite(summary["val_bpb"]) and 0 < summary["val_bpb"] < 5
+    assert summary["backend"] == "cuda" and summary["profile"] == "smoke"
+    assert summary["num_steps"] > 2 and summary["training_seconds"] >= 3
+
+
+@pytest.mark.slow
+def test_nan_loss_fails_fast(prepared_env, tmp_path):
+    """A NaN injected into the loss of the real training loop stops it at once: exit 1, one FAIL line, no summary."""
+    script = tmp_path / "poisoned.py"
+    script.write_text(textwrap.dedent(f"""
+        import importlib.util
+        from common.errors import run_cli
+        spec = importlib.util.spec_from_file_location("train", {str(TRAIN_PY)!r})
+        train = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(train)
+        forward = train.GPT.forward
+        def poisoned(self, idx, targets=None):
+            out = forward(self, idx, targets)
+            return out * float("nan") if targets is not None else out
+        train.GPT.forward = poisoned
+        run_cli(train.main)
+    """))
+    out = run([sys.executable, str(script)], prepared_env)
+    assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-2000:]
+    fail_lines = [line for line in out.stdout.splitlines() if line.startswith("FAIL:")]
+    assert len(fail_lines) == 1 and "loss is nan at step 0" in fail_lines[0], out.stdout[-2000:]
+    assert "val_bpb:" not in out.stdout
