@@ -470,8 +470,9 @@ def train_step(model, optimizer, batches, progress):
 
 
 def export_weights(model):
-    """{parameter name: float32 numpy array}: the cross-backend exchange format (see the module docstring)."""
-    return {name: t.detach().float().cpu().numpy() for name, t in model.state_dict().items()}
+    """{parameter name: float32 numpy array}: the cross-backend exchange format (see the module docstring).
+    Copies, so a later optimizer step does not change arrays exported earlier."""
+    return {name: t.detach().float().cpu().numpy().copy() for name, t in model.state_dict().items()}
 
 
 def import_weights(model, arrays):
