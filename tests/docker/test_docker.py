@@ -79,8 +79,7 @@ def agent_repo(tmp_path_factory, prepared, corpus):
         shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("program.md", "Makefile", "pyproject.toml"):
         shutil.copy(ROOT / name, repo / name)
-    (repo / ".gitignore").write_text("__pycache__/\n/runs/\n/.venv\n")
-    (repo / ".venv").symlink_to(ROOT / ".venv")
+    (repo / ".gitignore").write_text("__pycache__/\n/runs/\n")
     for args in (["init", "-q", "-b", "main"], ["config", "user.email", "t@example.com"],
                  ["config", "user.name", "t"], ["add", "-A"], ["commit", "-q", "-m", "start"]):
         subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
@@ -102,7 +101,9 @@ def test_make_reproduce_gives_a_verdict_on_an_agent_commit(cpu_image, agent_repo
     rows = [json.loads(line) for line in (repo / "runs" / "dock" / "results.jsonl").read_text().splitlines()]
     baseline = next(r for r in rows if r["status"] == "keep")
     before = results_digest(repo)
-    out = run(["make", "reproduce", f"COMMIT={baseline['commit'][:10]}"], repo, env)
+    # -o: use this interpreter as it is; the copy's Makefile must not reinstall the project into it.
+    out = run(["make", "-o", ".venv/.installed-dev", "reproduce", f"PY={PY}", f"COMMIT={baseline['commit'][:10]}"],
+              repo, env)
     text = out.stdout + out.stderr
     assert "logged val_bpb" in text, text[-3000:]
     logged = float(text.split("logged val_bpb")[1].split()[0])

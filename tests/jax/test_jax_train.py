@@ -1,0 +1,124 @@
+"""backends/jax/train.py on the CPU: init, weight exchange, learning, the bf16 path, the smoke run through the
+real loop and data, and the fast-fail. Numerical agreement with the reference is tests/parity's job."""
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from common.summary import parse_summary
+
+REPO = Path(__file__).resolve().parents[2]
+TRAIN_PY = REPO / "backends" / "jax" / "train.py"
+
+
+def fixed_batch(config, seed=0, batch=4):
+    x = np.random.default_rng(seed).integers(0, config.vocab_size, (batch, config.sequence_len), dtype=np.int32)
+    return x, np.roll(x, -1, axis=1)
+
+
+def test_import_does_no_work():
+    code = f"import importlib.util as u; s = u.spec_from_file_location('t', {str(TRAIN_PY)!r}); " \
+           "s.loader.exec_module(u.module_from_spec(s)); import jax._src.xla_bridge as xb; print(len(xb._backends))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "0\n", f"importing printed or started a backend: {out.stdout!r} {out.stderr!r}"
+
+
+def test_names_shapes_and_constants_match_the_reference(train, reference):
+    config = train.tiny_config()
+    ours = train.export_weights(train.build_model(config))
+    theirs = reference.export_weights(reference.build_model(reference.tiny_config()))
+    assert set(ours) == set(theirs)
+    assert {n: a.shape for n, a in ours.items()} == {n: a.shape for n, a in theirs.items()}
+    assert all(a.dtype == np.float32 for a in ours.values())
+    assert train.tiny_config().__dict__ == reference.tiny_config().__dict__
+    assert train.model_config(8, 2048, 8192).__dict__ == reference.model_config(8, 2048, 8192).__dict__
+    assert train.build_model(config).flops_per_token() == reference.build_model(config).flops_per_token()
+
+
+def test_init_has_the_reference_distributions(train, reference):
+    """Same distribution per parameter (not the same numbers: the RNGs differ): zeros and constants equal,
+    std within sampling error, and the tail shape (max|w| / std: ~1.73 uniform, ~4+ normal) alike."""
+    config = train.GPTConfig(sequence_len=64, vocab_size=2048, n_layer=4, n_head=2, n_embd=128)
+    ours = train.export_weights(train.build_model(config))
+    theirs = reference.export_weights(reference.build_model(reference.GPTConfig(**config.__dict__)))
+    for name, r in theirs.items():
+        o = ours[name]
+        if r.std() == 0:
+            np.testing.assert_array_equal(o, r, err_msg=name)
+            continue
+        assert o.std() == pytest.approx(r.std(), rel=0.06), name
+        assert abs(o.mean()) < 5 * r.std() / math.sqrt(r.size), name
+        assert np.abs(o).max() / o.std() == pytest.approx(np.abs(r).max() / r.std(), rel=0.25), name
+
+
+def test_import_weights_round_trip_gives_the_same_losses(train):
+    config = train.tiny_config()
+    x, y = fixed_batch(config)
+    source, target = train.build_model(config, seed=1), train.build_model(config, seed=2)
+    losses = lambda m: np.asarray(train.make_loss_fn(train.split_model(m)[0])(train.split_model(m)[1], x, y))  # noqa: E731
+    assert not np.array_equal(losses(source), losses(target))
+    train.import_weights(target, train.export_weights(source))
+    np.testing.assert_array_equal(losses(source), losses(target))
+    with pytest.raises(KeyError):
+        train.import_weights(target, {k: v for k, v in train.export_weights(source).items() if k != "wte.weight"})
+
+
+def test_loss_falls_on_a_fixed_batch(train):
+    config = train.tiny_config()
+    modeldef, params = train.split_model(train.build_model(config))
+    optimizer = train.build_optimizer(params)
+    opt_state = optimizer.init(params)
+    step = train.make_train_step(modeldef, optimizer)
+    x, y = fixed_batch(config)
+    losses = []
+    for i in range(40):
+        params, opt_state, loss = step(params, opt_state, [(x[:2], y[:2]), (x[2:], y[2:])], train.schedules(i / 40))
+        losses.append(float(loss))
+    assert losses[0] == pytest.approx(math.log(config.vocab_size), rel=0.05)  # uniform at init (lm_head ~ 0)
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < 0.3 * losses[0], losses[::5]
+
+
+def test_bf16_compute_follows_float32(train):
+    """The GPU's bf16 path (here with XLA attention): same weights, losses within bf16 rounding of float32."""
+    config = train.tiny_config()
+    x, y = fixed_batch(config)
+    weights = train.export_weights(train.build_model(config))
+    losses = {}
+    for dtype in (jnp.float32, jnp.bfloat16):
+        model = train.GPT(config, dtype, "xla")
+        train.import_weights(model, weights)
+        modeldef, params = train.split_model(model)
+        assert all(p.dtype == jnp.float32 for p in params.values())  # master weights stay float32
+        losses[dtype] = np.asarray(train.make_loss_fn(modeldef)(params, x, y))
+    assert losses[jnp.bfloat16].dtype == np.float32
+    np.testing.assert_allclose(losses[jnp.bfloat16], losses[jnp.float32], rtol=2e-2)
+
+
+def test_smoke_run_prints_a_parseable_summary(prepared_env):
+    out = subprocess.run([sys.executable, str(TRAIN_PY)], cwd=REPO, env=prepared_env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    summary = parse_summary(out.stdout)
+    assert summary["backend"] == "jax" and summary["profile"] == "smoke"
+    assert math.isfinite(summary["val_bpb"]) and 0 < summary["val_bpb"] < 4
+    assert summary["num_steps"] > 2 and summary["training_seconds"] >= 3
+
+
+def test_nan_loss_fails_fast(prepared_env, tmp_path):
+    source = TRAIN_PY.read_text()
+    assert "\nEMBEDDING_LR = 0.6 " in source
+    broken = tmp_path / "train.py"
+    broken.write_text(source.replace("\nEMBEDDING_LR = 0.6 ", "\nEMBEDDING_LR = float('nan') "))
+    out = subprocess.run([sys.executable, str(broken)], cwd=REPO, env=prepared_env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "FAIL: training loss is nan at step 1" in out.stdout
+    assert "val_bpb" not in out.stdout
