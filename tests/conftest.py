@@ -1,5 +1,9 @@
-"""Fixtures shared by the whole suite: where the repository and the shared corpus are."""
+"""Fixtures shared by the whole suite: where the repository and the shared corpus are, and a cache with the
+corpus prepared once per session."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,3 +21,20 @@ def corpus(repo_root):
     if not (path / "shard_00000.parquet").exists():
         pytest.skip(f"the shared corpus is missing: expected parquet shards in {path}")
     return path
+
+
+@pytest.fixture(scope="session")
+def corpus_cache(tmp_path_factory):
+    """One cache folder per session for the corpus: whoever prepares it first trains the tokenizer."""
+    return tmp_path_factory.getbasetemp() / "corpus-cache"
+
+
+@pytest.fixture(scope="session")
+def prepared_env(repo_root, corpus, corpus_cache):
+    """Environment for a trainer subprocess: the shared corpus under the smoke profile, prepared once."""
+    env = dict(os.environ, AUTORESEARCH_CACHE=str(corpus_cache), AUTORESEARCH_DATA=str(corpus),
+               AUTORESEARCH_PROFILE="smoke", PYTHONPATH=str(repo_root), PYTHONUNBUFFERED="1")
+    out = subprocess.run([sys.executable, "-m", "common.prepare", "--if-needed"], cwd=repo_root, env=env,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return env

@@ -10,13 +10,12 @@ import harness  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def prepared(corpus, tmp_path_factory):
-    """The shared corpus with a fresh cache and the tokenizer trained once, for common's loader and eval."""
+def prepared(corpus, corpus_cache):
+    """The shared corpus with the session's cache and the tokenizer trained once, for common's loader and eval."""
     from common.prepare import prepare
     env = pytest.MonkeyPatch()
     env.setenv("AUTORESEARCH_DATA", str(corpus))
-    # The same folder as tests/jax's prepared_env: whichever runs second finds the tokenizer trained.
-    env.setenv("AUTORESEARCH_CACHE", str(tmp_path_factory.getbasetemp() / "corpus-cache"))
+    env.setenv("AUTORESEARCH_CACHE", str(corpus_cache))
     prepare(str(corpus), if_needed=True)
     yield
     env.undo()
