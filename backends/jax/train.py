@@ -379,7 +379,6 @@ MUON_MOMENTUM = (0.85, 0.95)  # Muon momentum ramps from the first to the second
 MOMENTUM_RAMP_RATIO = 0.3     # ... over this fraction of the time budget (upstream: 300 of ~950 steps)
 
 # Loop
-UNTIMED_STEPS = 2          # the first steps compile; they are not counted in the time budget
 SEED = 42
 
 
@@ -578,14 +577,14 @@ def main(profile=None):
             smooth_loss = 0.9 * smooth_loss + 0.1 * read_loss(pending)
         pending = (step, loss)
         dt, t_last = time.time() - t_last, time.time()  # one step's time, once the pipeline is full
-        if step >= UNTIMED_STEPS:
+        if step >= profile.untimed_steps:
             training_time += dt
         else:
             untimed_time += dt
         if step == 0:  # the first step made the long-lived objects; stop the GC from scanning them
             gc.collect()
             gc.freeze()
-        if time.time() - t_log > 1.0 or step <= UNTIMED_STEPS:
+        if time.time() - t_log > 1.0 or step <= profile.untimed_steps:
             t_log = time.time()
             tok_s = total_batch / dt
             shown = f"{smooth_loss / (1 - 0.9 ** step):.4f}" if step else "-"  # losses are read one step late
@@ -594,11 +593,11 @@ def main(profile=None):
                   f"| mfu {100 * flops_per_token * tok_s / peak:.1f}% | epoch {epoch} "
                   f"| left {max(0.0, budget - training_time):.0f}s", flush=True)
         step += 1
-        if step > UNTIMED_STEPS and training_time >= budget:
+        if step > profile.untimed_steps and training_time >= budget:
             break
     read_loss(pending)
 
-    timed_tokens = (step - UNTIMED_STEPS) * total_batch
+    timed_tokens = (step - profile.untimed_steps) * total_batch
     losses = make_loss_fn(modeldef)
 
     def loss_fn(inputs, targets):
@@ -607,7 +606,7 @@ def main(profile=None):
     t_eval = time.time()
     val_bpb = evaluate_bpb(loss_fn, device_batch, profile)
     print(f"startup_seconds: {t_training_start - t_start:.1f}")   # imports done: data, model, optimizer
-    print(f"untimed_seconds: {untimed_time:.1f}")                 # the first UNTIMED_STEPS (compilation)
+    print(f"untimed_seconds: {untimed_time:.1f}")                 # the profile's untimed (compilation) steps
     print(f"eval_seconds:    {time.time() - t_eval:.1f}")
     print_summary(
         val_bpb=val_bpb, training_seconds=training_time, total_seconds=time.time() - t_start,
