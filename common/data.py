@@ -285,9 +285,16 @@ def download_climbmix(num_shards, workers=8, base_url=None, progress=print):
         return
     progress(f"Data: downloading {len(todo)} shard(s) from {base_url} ({len(wanted) - len(todo)} already here)")
     retry_base = float(os.environ.get("AUTORESEARCH_RETRY_BASE", "1.0"))
+    unreachable = []      # connection errors: when every shard fails with one, the machine has no network
+
+    def note(message, error=None):
+        if isinstance(error, httpx.ConnectError):
+            unreachable.append(str(error))
+        progress(message)
+
     with httpx.Client(timeout=httpx.Timeout(30.0, connect=10.0), follow_redirects=True) as client:
         def fetch(name):
-            return name, download_file(client, f"{base_url}/{name}", root / name, retry_base, progress)
+            return name, download_file(client, f"{base_url}/{name}", root / name, retry_base, note)
         with ThreadPoolExecutor(max(1, min(workers, len(todo)))) as pool:
             results = list(pool.map(fetch, todo))
     for name, record in results:
@@ -295,6 +302,11 @@ def download_climbmix(num_shards, workers=8, base_url=None, progress=print):
             manifest[name] = record
     manifest_source.write_manifest(manifest)
     failed = [name for name, record in results if record is None]
+    if failed and len(failed) == len(todo) and unreachable:
+        raise ContractError(
+            f"No network: {base_url} cannot be reached ({unreachable[-1]}). On a machine without network, use a "
+            "local folder of text instead: `make prepare DATA=/path/to/shards` or `make run DATA=...` (parquet "
+            "with a `text` column, or .txt/.jsonl files; e.g. DATA=../shared/corpus).")
     if failed:
         raise ContractError(
             f"Could not download {len(failed)} shard(s) ({', '.join(failed[:3])}{', ...' if len(failed) > 3 else ''}) "
@@ -339,10 +351,10 @@ def download_file(client, url, path, retry_base, progress):
                 raise httpx.ReadError("the server sent something that is not a parquet file with a `text` column")
             os.replace(part, path)
             stat = path.stat()
-            progress(f"  {path.name}: {stat.st_size / 1e6:.1f} MB")
+            progress(f"  {path.name}: {stat.st_size / 1e6:.1f} MB", None)
             return {"sha256": digest, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "url": url}
         except (httpx.HTTPError, OSError) as e:
-            progress(f"  {path.name}: attempt {attempt}/{DOWNLOAD_ATTEMPTS} failed: {e}")
+            progress(f"  {path.name}: attempt {attempt}/{DOWNLOAD_ATTEMPTS} failed: {e}", e)
             if isinstance(e, httpx.HTTPStatusError) and e.response.status_code == 404:
                 return None
             if attempt < DOWNLOAD_ATTEMPTS:
