@@ -109,7 +109,6 @@ class DataSource:
             if entry is None:
                 if self.remote:
                     raise ContractError(self._corrupt_message(path, "it has no download record"))
-                check_readable(path)
                 manifest[key] = {"sha256": sha256_file(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
                 changed = True
                 continue
@@ -119,8 +118,9 @@ class DataSource:
                 raise ContractError(self._corrupt_message(path, "its SHA-256 no longer matches the manifest"))
             entry["mtime_ns"] = stat.st_mtime_ns
             changed = True
-        for path in self.files:
-            check_readable(path)
+        for path in self.files:     # before the manifest is written: an unreadable file is never recorded
+            if path.suffix == ".parquet":
+                check_parquet(path)
         if changed:
             self.write_manifest(manifest)
 
@@ -150,13 +150,8 @@ class DataSource:
             yield read_unit(path, rg)
 
 
-def check_readable(path):
-    """A parquet file must open and hold a string `text` column; text files must decode."""
-    if path.suffix == ".parquet":
-        check_parquet(path)
-
-
 def check_parquet(path):
+    """A parquet file must open and hold a `text` column."""
     try:
         schema = pq.read_schema(path)
     except (pa.ArrowInvalid, OSError) as e:

@@ -41,15 +41,15 @@ def document_batches(source, tokenizer, split, seed=0):
     replay = [] if split == "val" else None
     epoch = 1
     while True:
-        order = range(len(units))
-        if split == "train":
-            order = np.random.default_rng((seed, epoch)).permutation(len(units))
-        documents = 0
-        if replay and epoch > 1:
+        if replay:                  # validation after its first pass
             for batch in replay:
                 yield batch, epoch
             epoch += 1
             continue
+        order = range(len(units))
+        if split == "train":
+            order = np.random.default_rng((seed, epoch)).permutation(len(units))
+        documents = 0
         for u in order:
             texts = read_unit(*units[u])
             documents += len(texts)

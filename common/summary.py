@@ -42,14 +42,12 @@ def print_summary(**values):
 def parse_summary(text):
     """The fields of the last summary block in a trainer's output, typed. Raises ContractError when the
     output has no complete block (the run crashed or was cut short)."""
-    start = text.rfind("\n---\n")
-    if start < 0 and text.startswith("---\n"):
-        start = -1
-    if start < 0 and not text.startswith("---\n"):
+    start = ("\n" + text).rfind("\n---\n")      # the leading newline finds a block at the very start too
+    if start < 0:
         raise ContractError("The trainer's output has no summary block ('---' followed by 'val_bpb: ...'): "
                             "the run crashed or was stopped before it finished. Read the end of its log for the cause.")
     values = {}
-    for line in text[start + 5:].splitlines():
+    for line in text[start + 4:].splitlines():
         key, sep, value = line.partition(":")
         key = key.strip()
         if sep and key in FIELDS and key not in values:

@@ -142,6 +142,30 @@ def run_prepare(*args, env=None, timeout=120):
                           env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
+def run_with_tokenizer(tokenizer_folder, imports, call, timeout=15):
+    """Run `call` in a fresh Python with `tok`, the Tokenizer saved in tokenizer_folder, and print
+    "ContractError: ..." if it raises one. Returns the CompletedProcess, or None if it ran past `timeout`
+    (a hang, which a subprocess can be stopped from)."""
+    code = f"""
+import pickle, numpy as np
+from pathlib import Path
+from common.errors import ContractError
+from common.tokenizer import Tokenizer
+{imports}
+folder = Path({str(tokenizer_folder)!r})
+tok = Tokenizer(pickle.loads((folder / "tokenizer.pkl").read_bytes()), np.load(folder / "token_bytes.npy"))
+try:
+    {call}
+except ContractError as e:
+    print("ContractError:", e)
+"""
+    try:
+        return subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None
+
+
 def assert_clean_error(proc, *needles):
     """Non-zero exit, one paragraph on stderr that contains every needle, no traceback."""
     err = proc.stderr.strip()

@@ -125,33 +125,17 @@ def test_eval_rows_are_upstreams_validation_rows(small_corpus, smoke_rows):
 
 
 def test_a_validation_split_without_documents_is_an_error_not_a_hang(small_corpus, tmp_path):
-    import subprocess
-    import sys
     from common.tokenizer import tokenizer_dir
-    from commonkit import REPO_ROOT
+    from commonkit import run_with_tokenizer
     source, _ = small_corpus
     data = tmp_path / "data"
     data.mkdir()
     (data / "a.txt").write_text("a training document\n\nand another one\n")
     (data / "b.txt").write_text("\n   \n\n")
-    code = f"""
-import pickle, numpy as np
-from pathlib import Path
-from common.data import local_source
-from common.errors import ContractError
-from common.evaluate import eval_rows
-from common.platform import PROFILES
-from common.tokenizer import Tokenizer
-folder = Path({str(tokenizer_dir(source))!r})
-tok = Tokenizer(pickle.loads((folder / "tokenizer.pkl").read_bytes()), np.load(folder / "token_bytes.npy"))
-try:
-    eval_rows(PROFILES["smoke"], local_source({str(data)!r}), tok)
-except ContractError as e:
-    print("ContractError:", e)
-"""
-    try:
-        proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
-                              timeout=15)
-    except subprocess.TimeoutExpired:
+    proc = run_with_tokenizer(
+        tokenizer_dir(source),
+        "from common.data import local_source\nfrom common.evaluate import eval_rows\nfrom common.platform import PROFILES",
+        f"eval_rows(PROFILES['smoke'], local_source({str(data)!r}), tok)")
+    if proc is None:
         pytest.fail("eval_rows hangs (15 s) on a validation split with no documents instead of raising")
     assert "ContractError:" in proc.stdout, proc.stdout + proc.stderr

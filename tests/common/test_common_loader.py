@@ -1,7 +1,5 @@
 """The loader: BOS-aligned best-fit packing with no padding, identical to upstream's loop, deterministic."""
 
-import subprocess
-import sys
 import time
 from collections import Counter
 
@@ -11,7 +9,7 @@ import pytest
 
 from common.errors import ContractError
 from common.loader import BestFitPacker, make_loader
-from commonkit import REPO_ROOT, cycled_batches, split_at_bos, upstream_rows
+from commonkit import cycled_batches, run_with_tokenizer, split_at_bos, upstream_rows
 
 pytestmark = pytest.mark.timeout(180)      # a hang fails the test instead of CI (pytest-timeout)
 
@@ -233,24 +231,11 @@ def test_a_training_split_without_documents_is_an_error_not_a_hang(small_corpus,
     data.mkdir()
     (data / "a.txt").write_text("\n\n   \n")
     (data / "b.txt").write_text("a validation document\n")
-    code = f"""
-import pickle, numpy as np
-from pathlib import Path
-from common.data import local_source
-from common.errors import ContractError
-from common.loader import make_loader
-from common.tokenizer import Tokenizer
-folder = Path({str(tokenizer_dir(source))!r})
-tok = Tokenizer(pickle.loads((folder / "tokenizer.pkl").read_bytes()), np.load(folder / "token_bytes.npy"))
-try:
-    next(make_loader("train", 2, 64, source=local_source({str(data)!r}), tokenizer=tok))
-except ContractError as e:
-    print("ContractError:", e)
-"""
-    try:
-        proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
-                              timeout=15)
-    except subprocess.TimeoutExpired:
+    proc = run_with_tokenizer(
+        tokenizer_dir(source),
+        "from common.data import local_source\nfrom common.loader import make_loader",
+        f"next(make_loader('train', 2, 64, source=local_source({str(data)!r}), tokenizer=tok))")
+    if proc is None:
         pytest.fail("make_loader hangs (15 s) on a training split with no documents instead of raising")
     assert "ContractError:" in proc.stdout, proc.stdout + proc.stderr
 
