@@ -1,6 +1,7 @@
 # The front door. `make run` trains once; `make test` runs the suite; `make help` lists the rest.
 BACKEND    ?= auto
 PROFILE    ?=
+BUDGET     ?=
 DATA       ?=
 NUM_SHARDS ?= 10
 PYTHON     ?= python3
@@ -10,7 +11,8 @@ PY   := $(VENV)/bin/python
 # auto: cuda on an NVIDIA GPU, mlx on Apple silicon, else the PyTorch trainer on the CPU.
 RESOLVED := $(if $(filter auto,$(BACKEND)),$(shell $(PYTHON) -c 'from common.platform import auto_backend; print(auto_backend())'),$(BACKEND))
 EXTRA    := $(if $(filter dev,$(RESOLVED)),dev,$(RESOLVED))
-RUN_ENV  := $(if $(PROFILE),AUTORESEARCH_PROFILE=$(PROFILE)) $(if $(DATA),AUTORESEARCH_DATA=$(abspath $(DATA)))
+# BUDGET=60 replaces the profile's training budget for measurement; results record it as e.g. h100@60s.
+RUN_ENV  := $(if $(PROFILE),AUTORESEARCH_PROFILE=$(PROFILE)) $(if $(BUDGET),AUTORESEARCH_BUDGET=$(BUDGET)) $(if $(DATA),AUTORESEARCH_DATA=$(abspath $(DATA)))
 
 # The agent
 PROPOSER        ?= auto
@@ -26,10 +28,10 @@ RUNS     ?= 1
 OFFLINE  ?= 0
 BASE_IMAGE ?=
 
-.PHONY: help setup prepare run test bench bench-gpu agent noise report clean-venv docker-wheelhouse docker-build docker-run reproduce
+.PHONY: help setup prepare run test bench bench-gpu bench-anchor agent noise report clean-venv docker-wheelhouse docker-build docker-run reproduce
 
 help:
-	@echo "make run      [BACKEND=auto|cuda|jax|mlx] [PROFILE=h100|gpu|apple|cpu|smoke] [DATA=folder]"
+	@echo "make run      [BACKEND=auto|cuda|jax|mlx] [PROFILE=h100|gpu|apple|cpu|smoke] [BUDGET=seconds] [DATA=folder]"
 	@echo "make setup    [BACKEND=cuda|jax|mlx|dev]   create .venv with what that backend needs"
 	@echo "make prepare  [DATA=folder] [NUM_SHARDS=10] download (or read) data, train the tokenizer"
 	@echo "make agent  [BACKEND=...] [PROPOSER=auto|offline|anthropic|openai|command] [TAG=nov26] [MAX_EXPERIMENTS=N] [AGENT_ARGS='--deadline 07:00 --confirm 2 --resume ...']   the overnight loop"
@@ -38,6 +40,7 @@ help:
 	@echo "make test                                  the whole suite, on a CPU"
 	@echo "make bench                                 CPU benchmarks (pytest-benchmark)"
 	@echo "make bench-gpu BACKEND=cuda|jax            GPU benchmark table (on an NVIDIA GPU)"
+	@echo "make bench-anchor [BACKEND=cuda|jax] [BUDGET=60] [REPEAT=3] [GPUS=0,1] [DATA=folder] [UPSTREAM=dir] [ANCHOR_ARGS=...]   upstream's train.py beside ours, one table"
 	@echo "make docker-build [BACKEND=cuda|cpu] [BASE_IMAGE=img] [OFFLINE=1]   build the image"
 	@echo "make docker-run   [BACKEND=cuda|cpu] [TRAINER=cuda|jax|mlx] [PROFILE=...] [DATA=folder]   train once in it"
 	@echo "make reproduce COMMIT=<sha> [RUNS=k] [DATA=folder]   re-run a logged result in a container"
@@ -97,6 +100,17 @@ BENCH_PY   := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 bench-gpu:
 	$(RUN_ENV) PYTHONPATH=$(CURDIR) $(BENCH_PY) bench/gpu.py --backend $(RESOLVED) $(BENCH_ARGS)
 	$(if $(filter jax,$(RESOLVED)),$(RUN_ENV) PYTHONPATH=$(CURDIR) $(BENCH_PY) bench/gpu.py --backend cuda $(BENCH_ARGS))
+
+# Upstream autoresearch's own train.py beside one of our backends (bench/anchor.py): same data, same budget,
+# side by side on two GPUs when GPUS names two. Upstream is fetched into .upstream/ (git-ignored), or UPSTREAM=dir.
+GPUS     ?= 0
+REPEAT   ?= 3
+UPSTREAM ?=
+ANCHOR_ARGS ?=
+bench-anchor:
+	$(if $(DATA),AUTORESEARCH_DATA=$(abspath $(DATA))) PYTHONPATH=$(CURDIR) $(BENCH_PY) bench/anchor.py \
+	  --backend $(if $(filter jax,$(RESOLVED)),jax,cuda) $(if $(PROFILE),--profile $(PROFILE)) --budget $(or $(BUDGET),60) \
+	  --repeat $(REPEAT) --gpus $(GPUS) $(if $(UPSTREAM),--upstream $(abspath $(UPSTREAM))) $(ANCHOR_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -68,7 +68,10 @@ def parser():
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--backend", default=os.environ.get("BACKEND") or None,
                         help="the backend whose backends/<name>/train.py is the canvas (default: from the hardware)")
-    common.add_argument("--profile", choices=sorted(PROFILES), help="platform profile (default: from the hardware)")
+    common.add_argument("--profile", help=f"platform profile: {', '.join(sorted(PROFILES))} (default: from the hardware)")
+    common.add_argument("--budget", default=os.environ.get("AUTORESEARCH_BUDGET"),
+                        help="training seconds per run, replacing the profile's; recorded in the profile's name "
+                        "(h100@60s), so results at different budgets never mix")
     common.add_argument("--tag", help="names the branch autoresearch/<tag> and runs/<tag>/ "
                         "(default: today, e.g. nov26)")
     common.add_argument("--repo", help="the project's git repository (default: the current directory)")

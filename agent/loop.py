@@ -46,7 +46,7 @@ class Lab:
         if self.canvas not in self.git.tracked():
             raise ContractError(f"{self.canvas} is not committed in git. Commit it first: the agent keeps every "
                                 "experiment as a commit on top of it.")
-        self.profile = get_profile(args.profile)
+        self.profile = get_profile(args.profile, args.budget)
         self.timeout = args.timeout or 2 * self.profile.time_budget + args.startup_allowance
         self.folder = RunFolder(os.path.join(self.root, args.runs_dir, args.tag))
         # The canvas imports the experiment repo's own common/, whatever is installed.

@@ -15,7 +15,6 @@ trainer must have main(profile=None) and print the common summary block and, bef
 """
 
 import argparse
-import dataclasses
 import datetime
 import importlib.util
 import os
@@ -32,9 +31,7 @@ sys.path.insert(0, str(REPO))
 def child(backend, profile_name, budget):
     from common.errors import run_cli
     from common.platform import get_profile
-    profile = get_profile(profile_name)
-    if budget:
-        profile = dataclasses.replace(profile, time_budget=budget)
+    profile = get_profile(profile_name, budget or None)    # the budget goes into the name: h100@60s
     spec = importlib.util.spec_from_file_location(f"{backend}_train", REPO / "backends" / backend / "train.py")
     train = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(train)

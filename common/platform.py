@@ -3,10 +3,16 @@
 A profile fixes the training time budget, the sequence length, the number of validation tokens and the
 peak bf16 FLOP/s used for MFU, plus the baseline model size that fits the machine. Pick one by name
 (PROFILE= / AUTORESEARCH_PROFILE) or let detect() choose from the hardware. Every result records it.
+
+A budget override for measurement derives a profile whose name records it: `h100@60s` is the h100 profile
+with 60 s of training (BUDGET=60 / AUTORESEARCH_BUDGET=60 / --budget 60), so results at different budgets
+never mix.
 """
 
+import dataclasses
 import os
 import platform as _platform
+import re
 import shutil
 import subprocess
 from dataclasses import asdict, dataclass
@@ -28,9 +34,9 @@ class Profile:
     device_batch_size: int    # sequences per forward/backward
     total_batch_size: int     # tokens per optimizer step (gradient accumulation makes up the rest)
     vocab_size: int = VOCAB_SIZE
-    # The first steps compile and are not counted in the budget. Fixed here, not in the canvas, so that an
-    # edit cannot buy untimed training.
-    untimed_steps: int = 2
+    # The first steps compile and are not counted in the budget: 11, as upstream's train.py (it times steps
+    # 11 onwards). Fixed here, not in the canvas, so that an edit cannot buy untimed training.
+    untimed_steps: int = 11
 
     def as_dict(self):
         return asdict(self)
@@ -51,7 +57,7 @@ PROFILES = {
                    depth=2, device_batch_size=16, total_batch_size=2**13),
     # Tests: a few seconds of training on a tiny model.
     "smoke": Profile("smoke", "tests: seconds of training, a tiny model", 3, 64, 2**13, 1e12,
-                     depth=2, device_batch_size=8, total_batch_size=2**10),
+                     depth=2, device_batch_size=8, total_batch_size=2**10, untimed_steps=2),
 }
 
 # Peak dense bf16 FLOP/s by device name fragment, so MFU uses the card actually present.
@@ -72,15 +78,35 @@ DEVICE_PEAK_FLOPS = [
 ]
 
 
-def get_profile(name=None):
-    """The named profile, else $AUTORESEARCH_PROFILE, else the one detected from the hardware."""
+def get_profile(name=None, budget=None):
+    """The named profile, else $AUTORESEARCH_PROFILE, else the one detected from the hardware; with a budget
+    (seconds, else $AUTORESEARCH_BUDGET, else one named as 'h100@60s'), that profile with its training budget
+    replaced and the budget in its name."""
     name = name or os.environ.get("AUTORESEARCH_PROFILE") or detect()
-    if name not in PROFILES:
+    base, _, named_budget = name.partition("@")
+    if base not in PROFILES:
         raise ContractError(
             f"Unknown profile '{name}'. The profiles are: {', '.join(PROFILES)}. "
             "Name one with PROFILE=<name> (make) or AUTORESEARCH_PROFILE=<name>, or leave both unset "
             "to pick one from the hardware.")
-    return PROFILES[name]
+    budget = budget or os.environ.get("AUTORESEARCH_BUDGET") or named_budget or None
+    if budget is None:
+        return PROFILES[base]
+    seconds = parse_budget(budget)
+    if seconds == PROFILES[base].time_budget:
+        return PROFILES[base]
+    return dataclasses.replace(PROFILES[base], name=f"{base}@{seconds:g}s", time_budget=seconds)
+
+
+def parse_budget(budget):
+    """Seconds of training from 60, '60', '60s' or '1.5m'; a ContractError naming the form otherwise."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([sm]?)\s*", str(budget))
+    seconds = float(m.group(1)) * (60 if m.group(2) == "m" else 1) if m else 0.0
+    if seconds <= 0:
+        raise ContractError(
+            f"The training budget '{budget}' is not a positive number of seconds. Give one as BUDGET=60 (make), "
+            "--budget 60 or AUTORESEARCH_BUDGET=60 (a number of seconds, or minutes as 1.5m).")
+    return seconds
 
 
 def nvidia_gpu_name():

@@ -1,5 +1,6 @@
 """The loop with the offline proposer on the fixture canvas: branch and logs, refusals, confirm, noise, report."""
 
+import json
 import subprocess
 import sys
 
@@ -112,3 +113,13 @@ def test_plain_output_when_not_a_tty(repo):
     lines = out.stdout.splitlines()
     assert lines[0].startswith("autoresearch autoresearch/t1") and "\x1b[" not in out.stdout
     assert any(line.startswith("[002] ") and "best" in line for line in lines)
+
+
+def test_a_budget_override_is_recorded_in_the_profile_name(repo):
+    """--budget (BUDGET= for make) derives the profile smoke@2s: the runs get it and every row records it."""
+    run_agent(repo, "noise", "--runs", "1", "--repo", str(repo), "--backend", "fixture", "--profile", "smoke",
+              "--budget", "2", "--tag", "t1")
+    run_agent(repo, *agent_argv(repo, "--proposer", "offline", "--max-experiments", "1", "--budget", "2"))
+    noise = [json.loads(line) for line in (repo / "runs/t1/noise.jsonl").read_text().splitlines()]
+    assert [r["profile"] for r in noise] == ["smoke@2s"]
+    assert {r["profile"] for r in rows(repo)} == {"smoke@2s"}

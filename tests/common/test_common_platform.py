@@ -102,3 +102,28 @@ def test_a_failing_nvidia_smi_means_no_gpu(tmp_path, monkeypatch):
     bin_dir = fake_nvidia_smi(tmp_path / "bin", "NVIDIA-SMI has failed because it couldn't communicate", 9)
     monkeypatch.setenv("PATH", str(bin_dir))
     assert nvidia_gpu_name() is None
+
+
+def test_a_budget_derives_a_profile_that_names_it(monkeypatch):
+    p = get_profile("h100", 60)
+    assert (p.name, p.time_budget) == ("h100@60s", 60)
+    assert {k: v for k, v in p.as_dict().items() if k not in ("name", "time_budget")} == \
+           {k: v for k, v in PROFILES["h100"].as_dict().items() if k not in ("name", "time_budget")}
+    assert get_profile("h100@60s") == p                       # the name alone carries the budget to a child
+    assert get_profile("smoke", "1.5m").name == "smoke@90s"
+    assert get_profile("h100", 300) is PROFILES["h100"]       # the profile's own budget is the profile
+    monkeypatch.setenv("AUTORESEARCH_BUDGET", "20")
+    assert get_profile("cpu").name == "cpu@20s"
+
+
+@pytest.mark.parametrize("budget", ["0", "-5", "soon", "60x"])
+def test_a_bad_budget_is_a_contract_error_naming_the_fix(budget):
+    with pytest.raises(ContractError, match="BUDGET=60"):
+        get_profile("h100", budget)
+
+
+def test_untimed_steps_are_upstreams_eleven_except_for_tests():
+    """Upstream's train.py times its budget from step 11: steps 0-10 (compilation) are free. Every profile
+    but smoke (whose 3-s budget would drown in them) gives the same."""
+    assert all(p.untimed_steps == 11 for name, p in PROFILES.items() if name != "smoke")
+    assert PROFILES["smoke"].untimed_steps == 2
