@@ -6,8 +6,10 @@ cropped to fill the row. No padding, every token is trained on. Upstream scans t
 every placement; here the buffer is indexed by length (a sorted list of lengths, each with a FIFO of
 documents), so a placement is a bisect, with the same choices and the same rows.
 
-Training units (parquet row groups) are shuffled per epoch from the seed; validation is read in order. The
-same seed gives the same batches. A background thread packs ahead so the accelerator never waits.
+By default every split is read in its files' order, every epoch the same, as upstream's loader does (the
+training loss and val_bpb of a trainer depend on it: see docs/notes/fidelity.md). With a seed, training units
+(parquet row groups) are shuffled per epoch from it instead. Either way the same arguments give the same
+batches. A background thread packs ahead so the accelerator never waits.
 """
 
 import queue
@@ -33,9 +35,10 @@ def to_arrays(token_lists):
     return np.split(flat, np.cumsum(lengths)[:-1])
 
 
-def document_batches(source, tokenizer, split, seed=0):
-    """Endless (token arrays, epoch) batches of BOS-prefixed documents. Training units are shuffled per
-    epoch with a generator seeded by (seed, epoch); validation is read in order, tokenized once and replayed."""
+def document_batches(source, tokenizer, split, seed=None):
+    """Endless (token arrays, epoch) batches of BOS-prefixed documents, in the files' order every epoch, as
+    upstream; with a seed, training units are shuffled per epoch by a generator seeded by (seed, epoch).
+    Validation is always read in order, tokenized once and replayed."""
     source.verify()
     units = source.units(split)
     replay = [] if split == "val" else None
@@ -47,7 +50,7 @@ def document_batches(source, tokenizer, split, seed=0):
             epoch += 1
             continue
         order = range(len(units))
-        if split == "train":
+        if split == "train" and seed is not None:
             order = np.random.default_rng((seed, epoch)).permutation(len(units))
         documents = 0
         for u in order:
@@ -152,8 +155,9 @@ class Prefetcher:
         return item
 
 
-def make_loader(split, batch_size, seq_len, seed=0, source=None, tokenizer=None, prefetch=4):
-    """Endless (inputs, targets, epoch) batches for 'train' or 'val', packed in a background thread."""
+def make_loader(split, batch_size, seq_len, seed=None, source=None, tokenizer=None, prefetch=4):
+    """Endless (inputs, targets, epoch) batches for 'train' or 'val', packed in a background thread; seed
+    None reads the files in order every epoch (upstream), a seed shuffles the training units per epoch."""
     assert split in ("train", "val"), split
     source = source or get_source()
     tokenizer = tokenizer or Tokenizer.load(source)

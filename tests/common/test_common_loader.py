@@ -149,6 +149,22 @@ def test_different_seeds_give_different_batches(small_corpus):
     assert any(not np.array_equal(xa, xb) for (xa, _, _), (xb, _, _) in zip(a, b))
 
 
+def test_train_batches_without_a_seed_are_upstreams_rows_epoch_after_epoch(small_corpus, tmp_path):
+    """Upstream reads the training files in order every epoch, unshuffled; so does the default loader, through
+    the epoch boundaries (five epochs of a small split) and into the best-fit buffer that spans them."""
+    from common.data import local_source
+    from commonkit import write_shards
+    _, tok = small_corpus
+    docs = [f"training document {i} " + "word " * (i * 37 % 300) for i in range(90)]
+    write_shards(tmp_path / "data", [docs[:50], docs[50:], ["the validation document"]], row_group_size=20)
+    source = local_source(tmp_path / "data")
+    batches = take(make_loader("train", 4, 256, source=source, tokenizer=tok), 30)
+    assert batches[-1][2] >= 5
+    expected = upstream_rows(document_stream(tok, source.train_files), 4, 256)
+    for inputs, targets, _ in batches:
+        assert np.array_equal(full_rows(inputs, targets), next(expected))
+
+
 def test_the_loader_cycles_through_epochs(small_corpus, tmp_path):
     from common.data import local_source
     from commonkit import write_shards
