@@ -24,7 +24,9 @@ other layer, the last included). Linear weights are (out_features, in_features),
     resid_lambdas                  (L,)
     x0_lambdas                     (L,)
 
-Conventions a port must match: RMSNorm without weights, eps 1e-6, over the last axis; RoPE on halves
+Conventions a port must match: RMSNorm without weights over the last axis, computed in float32 with eps =
+float32's machine epsilon, 1.2e-7, for float32 and bf16 inputs alike (F.rms_norm's default, as upstream: the
+epsilon of the type it computes in, not 7.8e-3 of bf16); RoPE on halves
 (x1 = x[..., :hd/2], x2 = x[..., hd/2:]; y1 = x1 cos + x2 sin, y2 = -x1 sin + x2 cos; base 10000), applied
 to q and k before their RMSNorm; attention scale 1/sqrt(head_dim); a sliding window of w lets query i see
 keys j with 0 <= i - j <= w (FlashAttention's window_size=(w, 0)).
@@ -62,7 +64,7 @@ class GPTConfig:
 
 
 def norm(x):
-    return F.rms_norm(x, (x.size(-1),), eps=1e-6)
+    return F.rms_norm(x, (x.size(-1),))  # eps: float32's machine epsilon (bf16 is computed in float32), as upstream
 
 
 def has_ve(i, n_layer):
@@ -147,14 +149,17 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(D, D, bias=False)
         self.ve_gate = nn.Linear(self.ve_gate_channels, self.n_head, bias=False) if has_ve(layer_idx, config.n_layer) else None
 
-    def forward(self, x, ve, cos, sin, window):
+    def forward(self, x, idx, ve_weight, cos, sin, window):
         B, T, _ = x.shape
         q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
         k = self.c_k(x).view(B, T, self.n_head, self.head_dim)
         v = self.c_v(x).view(B, T, self.n_head, self.head_dim)
-        if ve is not None:  # value residual, gated per head by the input (gate 1.0 at init)
+        if ve_weight is not None:  # value residual, gated per head by the input (gate 1.0 at init)
+            # Looked up here, inside the compiled block, so the lookup fuses into this sum (as in upstream's
+            # whole-model graph) instead of writing a (B, T, D) tensor per layer.
+            ve = F.embedding(idx, ve_weight).view(B, T, self.n_head, self.head_dim)
             gate = 2 * torch.sigmoid(self.ve_gate(x[..., :self.ve_gate_channels]))
-            v = v + gate.unsqueeze(-1) * ve.view(B, T, self.n_head, self.head_dim)
+            v = v + gate.unsqueeze(-1) * ve
         cos, sin = cos.to(q.dtype), sin.to(q.dtype)  # bf16 under autocast, so q and k stay bf16
         q = norm(apply_rotary(q, cos, sin))
         k = norm(apply_rotary(k, cos, sin))
@@ -178,9 +183,9 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(config, layer_idx)
         self.mlp = MLP(config)
 
-    def forward(self, x, x0, resid_lambda, x0_lambda, ve, cos, sin, window):
+    def forward(self, x, x0, resid_lambda, x0_lambda, idx, ve_weight, cos, sin, window):
         x = resid_lambda * x + x0_lambda * x0  # per-layer mix of the residual stream and the embedding
-        x = x + self.attn(norm(x), ve, cos, sin, window)
+        x = x + self.attn(norm(x), idx, ve_weight, cos, sin, window)
         return x + self.mlp(norm(x))
 
 
@@ -207,15 +212,19 @@ class GPT(nn.Module):
         self.lm_head = LMHead(D, V, bias=False)
         self.resid_lambdas = nn.Parameter(torch.ones(L))
         self.x0_lambdas = nn.Parameter(torch.zeros(L))
-        head_dim = D // config.n_head
-        inv_freq = 1.0 / 10000 ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
-        freqs = torch.outer(torch.arange(config.sequence_len, dtype=torch.float32), inv_freq)
-        self.register_buffer("cos", freqs.cos()[None, :, None, :], persistent=False)
-        self.register_buffer("sin", freqs.sin()[None, :, None, :], persistent=False)
+        self.register_buffer("cos", torch.empty(1, config.sequence_len, 1, D // config.n_head // 2), persistent=False)
+        self.register_buffer("sin", torch.empty_like(self.cos), persistent=False)
 
     @torch.no_grad()
     def init_weights(self):
-        s = (3 / self.config.n_embd) ** 0.5  # uniform(-s, s) has the std of normal(0, 1/sqrt(D))
+        """The rotary tables and the initial weights: upstream's distributions, drawn in upstream's order, so a
+        model built on the meta device (build_model) starts from upstream's exact weights for the same seed."""
+        head_dim = self.config.n_embd // self.config.n_head
+        inv_freq = 1.0 / 10000 ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=self.cos.device) / head_dim)
+        freqs = torch.outer(torch.arange(self.config.sequence_len, dtype=torch.float32, device=self.cos.device), inv_freq)
+        self.cos.copy_(freqs.cos()[None, :, None, :])
+        self.sin.copy_(freqs.sin()[None, :, None, :])
+        s = 3**0.5 * self.config.n_embd**-0.5  # uniform(-s, s) has the std of normal(0, 1/sqrt(D))
         nn.init.normal_(self.wte.weight, std=1.0)
         nn.init.normal_(self.lm_head.weight, std=0.001)
         for block in self.blocks:
@@ -234,11 +243,15 @@ class GPT(nn.Module):
         """Per-token cross-entropy in nats, float32, shape (B, T); the logits when targets is None."""
         T = idx.size(1)
         cos, sin = self.cos[:, :T], self.sin[:, :T]
-        x = x0 = norm(self.wte(idx))
+        x = x0 = self.embed(idx)
         for i, block in enumerate(self.blocks):
-            ve = self.value_embeds[str(i)](idx) if str(i) in self.value_embeds else None
-            x = block(x, x0, self.resid_lambdas[i], self.x0_lambdas[i], ve, cos, sin, self.windows[i])
+            ve_weight = self.value_embeds[str(i)].weight if str(i) in self.value_embeds else None
+            x = block(x, x0, self.resid_lambdas[i], self.x0_lambdas[i], idx, ve_weight, cos, sin, self.windows[i])
         return self.lm_head(x, targets)
+
+    def embed(self, idx):
+        """The normalised token embedding x0 (compile_model compiles this too)."""
+        return norm(self.wte(idx))
 
     def flops_per_token(self):
         """Training FLOPs per token (forward + backward), counted as upstream: 6 x matmul weights + attention."""
@@ -278,11 +291,17 @@ def polar_express(g, dtype, steps=5):
 
 
 def adamw_update(p, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, wd):
-    p.mul_(1 - lr * wd)
-    exp_avg.lerp_(grad, 1 - beta1)
-    exp_avg_sq.lerp_(grad.square(), 1 - beta2)
-    denom = (exp_avg_sq / (1 - beta2 ** step)).sqrt() + eps
-    p.sub_(lr / (1 - beta1 ** step) * exp_avg / denom)
+    """In float32 whatever the storage dtype, rounding once per stored tensor, as upstream's compiled kernel
+    does (op-by-op bf16 arithmetic on the GPU's bf16 embeddings would round every intermediate)."""
+    p32, m, v = p.float(), exp_avg.float(), exp_avg_sq.float()  # the tensors themselves when float32
+    grad = grad.float()
+    p32.mul_(1 - lr * wd)
+    m.lerp_(grad, 1 - beta1)
+    v.lerp_(grad.square(), 1 - beta2)
+    p32.sub_(lr / (1 - beta1 ** step) * m / ((v / (1 - beta2 ** step)).sqrt() + eps))
+    for stored, value in ((p, p32), (exp_avg, m), (exp_avg_sq, v)):
+        if stored is not value:
+            stored.copy_(value)
 
 
 def muon_update(params, grads, momentum_buf, second_buf, momentum, lr, wd, beta2, ortho_dtype):
@@ -364,7 +383,7 @@ WARMUP_RATIO = 0.0         # fraction of the time budget for LR warmup
 WARMDOWN_RATIO = 0.5       # fraction of the time budget for the final linear LR decay
 FINAL_LR_FRAC = 0.0        # LR at the end, as a fraction of the initial LR
 MUON_MOMENTUM = (0.85, 0.95)  # Muon momentum ramps from the first to the second value ...
-MOMENTUM_RAMP_RATIO = 0.3     # ... over this fraction of the time budget (upstream: 300 of ~950 steps)
+MOMENTUM_RAMP_STEPS = 300     # ... over this many optimizer steps, as upstream (untimed steps included)
 
 # Loop
 SEED = 42
@@ -382,12 +401,15 @@ def tiny_config():
 
 
 def build_model(config, device="cpu", seed=SEED):
-    """An initialised GPT on device. On CUDA the embeddings are bf16, as upstream (halves their traffic)."""
+    """An initialised GPT on device. Built on the meta device and initialised in place, as upstream, so the
+    only random draws are init_weights' (on CUDA: upstream's weights for the same seed). On CUDA the
+    embeddings are bf16, as upstream (halves their traffic)."""
     device = torch.device(device)
     torch.manual_seed(seed)
-    with device:
+    with torch.device("meta"):
         model = GPT(config)
-        model.init_weights()
+    model.to_empty(device=device)
+    model.init_weights()
     if device.type == "cuda":
         model.wte.to(torch.bfloat16)
         model.value_embeds.to(torch.bfloat16)
@@ -398,8 +420,10 @@ def build_model(config, device="cpu", seed=SEED):
 
 
 def compile_model(model):
-    """Compile each block and the head on their own (regional compilation): layers of one kind share a
-    compiled graph, so a cold start compiles 3 small graphs rather than the whole model. Names are unchanged."""
+    """Compile the embedding, each block and the head on their own (regional compilation): layers of one kind
+    share a compiled graph, so a cold start compiles a few small graphs rather than the whole model. Names are
+    unchanged. Every lookup and its backward runs in a compiled graph, as in upstream's whole-model graph."""
+    model.embed = torch.compile(model.embed, dynamic=False)
     for module in (*model.blocks, model.lm_head):
         module.compile(dynamic=False)
     return model
@@ -435,17 +459,18 @@ def lr_multiplier(progress):
     return cooldown + (1 - cooldown) * FINAL_LR_FRAC
 
 
-def muon_momentum(progress):
-    frac = min(progress / MOMENTUM_RAMP_RATIO, 1.0) if MOMENTUM_RAMP_RATIO > 0 else 1.0
+def muon_momentum(step):
+    frac = min(step / MOMENTUM_RAMP_STEPS, 1.0) if MOMENTUM_RAMP_STEPS > 0 else 1.0
     return (1 - frac) * MUON_MOMENTUM[0] + frac * MUON_MOMENTUM[1]
 
 
-def set_schedules(optimizer, progress):
-    """LR warmup/warmdown, Muon momentum ramp and weight-decay decay, all on training-time progress in [0, 1]."""
+def set_schedules(optimizer, progress, step):
+    """LR warmup/warmdown and weight-decay decay on training-time progress in [0, 1]; the Muon momentum ramp
+    on the step count (0 for the first step), as upstream."""
     for group in optimizer.param_groups:
         group["lr"] = group["initial_lr"] * lr_multiplier(progress)
         if group["kind"] == "muon":
-            group["momentum"] = muon_momentum(progress)
+            group["momentum"] = muon_momentum(step)
             group["weight_decay"] = group["initial_weight_decay"] * (1 - progress)
 
 
@@ -453,16 +478,17 @@ def autocast(device):
     return torch.autocast(device.type, dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
-def train_step(model, optimizer, batches, progress):
+def train_step(model, optimizer, batches, progress, step):
     """One optimizer step: forward/backward over a list of (inputs, targets) micro-batches with their
-    gradients averaged, schedules set for `progress`. Returns the mean loss as a 0-d tensor (no device sync)."""
+    gradients averaged, schedules set for `progress` and `step`. Returns the mean loss as a 0-d tensor (no
+    device sync)."""
     losses = []
     for x, y in batches:
         with autocast(x.device):
             loss = model(x, y).mean()
         (loss / len(batches)).backward()
         losses.append(loss.detach())
-    set_schedules(optimizer, progress)
+    set_schedules(optimizer, progress, step)
     optimizer.step()
     model.zero_grad(set_to_none=True)
     return torch.stack(losses).mean()
@@ -557,7 +583,7 @@ def main(profile=None):
     print(f"model {asdict(config)} | {num_params / 1e6:.1f}M params | {flops_per_token:.3e} FLOPs/token")
     print(f"batch {device_batch} x {seq_len} x {accum_steps} accumulation = {total_batch} tokens/step | budget {budget}s")
 
-    loader = make_loader("train", device_batch, seq_len, seed=SEED, tokenizer=tokenizer)
+    loader = make_loader("train", device_batch, seq_len, tokenizer=tokenizer)  # the files' order, as upstream
 
     def next_batch():
         x, y, epoch = next(loader)
@@ -586,7 +612,7 @@ def main(profile=None):
         for _ in range(accum_steps):
             x, y, epoch = next_batch()
             batches.append((x, y))
-        loss, done = train_step(model, optimizer, batches, progress), None
+        loss, done = train_step(model, optimizer, batches, progress, step), None
         if device.type == "cuda":
             loss, done = loss.to("cpu", non_blocking=True), torch.cuda.Event()
             done.record()

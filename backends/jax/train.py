@@ -50,9 +50,11 @@ class GPTConfig:
 
 
 def norm(x):
-    """RMSNorm without weights, eps 1e-6, computed in float32."""
+    """RMSNorm without weights, computed in float32 with eps = float32's machine epsilon, for float32 and bf16
+    inputs alike (the reference's F.rms_norm default: the epsilon of the type it computes in)."""
     x32 = x.astype(jnp.float32)
-    return (x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + 1e-6)).astype(x.dtype)
+    eps = float(jnp.finfo(jnp.float32).eps)
+    return (x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + eps)).astype(x.dtype)
 
 
 def has_ve(i, n_layer):
@@ -376,7 +378,7 @@ WARMUP_RATIO = 0.0         # fraction of the time budget for LR warmup
 WARMDOWN_RATIO = 0.5       # fraction of the time budget for the final linear LR decay
 FINAL_LR_FRAC = 0.0        # LR at the end, as a fraction of the initial LR
 MUON_MOMENTUM = (0.85, 0.95)  # Muon momentum ramps from the first to the second value ...
-MOMENTUM_RAMP_RATIO = 0.3     # ... over this fraction of the time budget (upstream: 300 of ~950 steps)
+MOMENTUM_RAMP_STEPS = 300     # ... over this many optimizer steps, as upstream (untimed steps included)
 
 # Loop
 SEED = 42
@@ -432,15 +434,15 @@ def lr_multiplier(progress):
     return cooldown + (1 - cooldown) * FINAL_LR_FRAC
 
 
-def muon_momentum(progress):
-    frac = min(progress / MOMENTUM_RAMP_RATIO, 1.0) if MOMENTUM_RAMP_RATIO > 0 else 1.0
+def muon_momentum(step):
+    frac = min(step / MOMENTUM_RAMP_STEPS, 1.0) if MOMENTUM_RAMP_STEPS > 0 else 1.0
     return (1 - frac) * MUON_MOMENTUM[0] + frac * MUON_MOMENTUM[1]
 
 
-def schedules(progress):
-    """LR warmup/warmdown, Muon momentum ramp and weight-decay decay on training-time progress in [0, 1]:
-    the optimizer's extra arguments for one step (the reference's set_schedules)."""
-    return dict(lr_mult=np.float32(lr_multiplier(progress)), momentum=np.float32(muon_momentum(progress)),
+def schedules(progress, step):
+    """LR warmup/warmdown and weight-decay decay on training-time progress in [0, 1], the Muon momentum ramp on
+    the step count: the optimizer's extra arguments for one step (the reference's set_schedules)."""
+    return dict(lr_mult=np.float32(lr_multiplier(progress)), momentum=np.float32(muon_momentum(step)),
                 wd_mult=np.float32(1 - progress))
 
 
@@ -548,7 +550,7 @@ def main(profile=None):
     print(f"model {asdict(config)} | {num_params / 1e6:.1f}M params | {flops_per_token:.3e} FLOPs/token")
     print(f"batch {device_batch} x {seq_len} x {accum_steps} accumulation = {total_batch} tokens/step | budget {budget}s")
 
-    loader = make_loader("train", device_batch, seq_len, seed=SEED, tokenizer=tokenizer)
+    loader = make_loader("train", device_batch, seq_len, tokenizer=tokenizer)  # the files' order, as upstream
 
     def next_batch():
         x, y, epoch = next(loader)
@@ -572,7 +574,7 @@ def main(profile=None):
         for _ in range(accum_steps):
             x, y, epoch = next_batch()
             batches.append((x, y))
-        params, opt_state, loss = train_step(params, opt_state, batches, schedules(progress))
+        params, opt_state, loss = train_step(params, opt_state, batches, schedules(progress, step))
         if pending:
             smooth_loss = 0.9 * smooth_loss + 0.1 * read_loss(pending)
         pending = (step, loss)

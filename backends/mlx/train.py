@@ -23,7 +23,7 @@ H = n_head, V = vocab_size, VE = the layers with value embeddings (i % 2 == (L -
     resid_lambdas                  (L,)
     x0_lambdas                     (L,)
 
-Conventions (the reference's): RMSNorm without weights, eps 1e-6, over the last axis; RoPE on halves
+Conventions (the reference's): RMSNorm without weights, eps float32's machine epsilon, over the last axis; RoPE on halves
 (y1 = x1 cos + x2 sin, y2 = -x1 sin + x2 cos; base 10000), applied to q and k before their RMSNorm;
 attention scale 1/sqrt(head_dim); a sliding window of w lets query i see keys j with 0 <= i - j <= w.
 
@@ -62,7 +62,7 @@ class GPTConfig:
 
 
 def norm(x):
-    return mx.fast.rms_norm(x, None, 1e-6)
+    return mx.fast.rms_norm(x, None, mx.finfo(mx.float32).eps)  # float32's machine epsilon for any input, as the reference
 
 
 def has_ve(i, n_layer):
@@ -408,7 +408,7 @@ WARMUP_RATIO = 0.0         # fraction of the time budget for LR warmup
 WARMDOWN_RATIO = 0.5       # fraction of the time budget for the final linear LR decay
 FINAL_LR_FRAC = 0.0        # LR at the end, as a fraction of the initial LR
 MUON_MOMENTUM = (0.85, 0.95)  # Muon momentum ramps from the first to the second value ...
-MOMENTUM_RAMP_RATIO = 0.3     # ... over this fraction of the time budget (upstream: 300 of ~950 steps)
+MOMENTUM_RAMP_STEPS = 300     # ... over this many optimizer steps, as upstream (untimed steps included)
 
 # Loop
 SEED = 42
@@ -476,17 +476,18 @@ def lr_multiplier(progress):
     return cooldown + (1 - cooldown) * FINAL_LR_FRAC
 
 
-def muon_momentum(progress):
-    frac = min(progress / MOMENTUM_RAMP_RATIO, 1.0) if MOMENTUM_RAMP_RATIO > 0 else 1.0
+def muon_momentum(step):
+    frac = min(step / MOMENTUM_RAMP_STEPS, 1.0) if MOMENTUM_RAMP_STEPS > 0 else 1.0
     return (1 - frac) * MUON_MOMENTUM[0] + frac * MUON_MOMENTUM[1]
 
 
-def set_schedules(optimizer, progress):
-    """LR warmup/warmdown, Muon momentum ramp and weight-decay decay, all on training-time progress in [0, 1]."""
+def set_schedules(optimizer, progress, step):
+    """LR warmup/warmdown and weight-decay decay on training-time progress in [0, 1]; the Muon momentum ramp
+    on the step count (0 for the first step), as the reference."""
     for group in optimizer.param_groups:
         group["lr"] = group["initial_lr"] * lr_multiplier(progress)
         if group["kind"] == "muon":
-            group["momentum"] = muon_momentum(progress)
+            group["momentum"] = muon_momentum(step)
             group["weight_decay"] = group["initial_weight_decay"] * (1 - progress)
 
 
@@ -501,9 +502,9 @@ def loss_and_grad_fn(model):
     return mx.compile(loss_and_grad, inputs=model.state, outputs=model.state)
 
 
-def train_step(model, optimizer, batches, progress, loss_and_grad=None):
+def train_step(model, optimizer, batches, progress, step, loss_and_grad=None):
     """One optimizer step: forward/backward over a list of (inputs, targets) micro-batches (mx or numpy
-    int32) with their gradients averaged, schedules set for `progress`. Returns the mean loss as a 0-d array;
+    int32) with their gradients averaged, schedules set for `progress` and `step`. Returns the mean loss as a 0-d array;
     the step is queued (mx.async_eval), not waited for: .item() waits. Pass loss_and_grad_fn(model) to reuse one
     compiled function across steps."""
     loss_and_grad = loss_and_grad or loss_and_grad_fn(model)
@@ -516,7 +517,7 @@ def train_step(model, optimizer, batches, progress, loss_and_grad=None):
             mx.async_eval(grads, losses)  # one micro-batch's graph (and activations) at a time
     if len(batches) > 1:
         grads = {n: gr / len(batches) for n, gr in grads.items()}
-    set_schedules(optimizer, progress)
+    set_schedules(optimizer, progress, step)
     optimizer.step(model, grads)
     loss = mx.mean(mx.stack(losses))
     mx.async_eval(loss, model.parameters(), optimizer.state)
@@ -602,7 +603,7 @@ def main(profile=None):
     print(f"model {asdict(config)} | {num_params / 1e6:.1f}M params | {flops_per_token:.3e} FLOPs/token")
     print(f"batch {device_batch} x {seq_len} x {accum_steps} accumulation = {total_batch} tokens/step | budget {budget}s")
 
-    loader = make_loader("train", device_batch, seq_len, seed=SEED, tokenizer=tokenizer)
+    loader = make_loader("train", device_batch, seq_len, tokenizer=tokenizer)  # the files' order, as upstream
 
     def read_loss(pending):
         """The loss of an earlier step, read once the step is done; fail fast if it diverged."""
@@ -622,7 +623,7 @@ def main(profile=None):
         for _ in range(accum_steps):
             x, y, epoch = next(loader)
             batches.append((x, y))
-        loss = train_step(model, optimizer, batches, progress, loss_and_grad)
+        loss = train_step(model, optimizer, batches, progress, step, loss_and_grad)
         if pending:
             smooth_loss = 0.9 * smooth_loss + 0.1 * read_loss(pending)
         pending = (step, loss)

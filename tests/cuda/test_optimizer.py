@@ -112,7 +112,7 @@ def test_each_adamw_group_steps_by_its_lr(train):
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     x = torch.randint(0, model.config.vocab_size, (2, model.config.sequence_len), generator=torch.Generator().manual_seed(0))
     progress = 0.75  # in the warmdown: LR multiplier 0.5
-    train.train_step(model, opt, [(x, x.roll(-1, 1))], progress)
+    train.train_step(model, opt, [(x, x.roll(-1, 1))], progress, 0)
     lrm = train.lr_multiplier(progress)
     assert lrm == pytest.approx(0.5)
     for group in opt.param_groups:
@@ -129,13 +129,79 @@ def test_each_adamw_group_steps_by_its_lr(train):
             assert moved.max().item() <= group["lr"] * (1 + 1e-5) + 1e-6, name  # + float32 rounding of p
 
 
-def test_schedules_follow_training_progress(train):
+def test_lr_and_weight_decay_follow_training_progress(train):
     assert train.lr_multiplier(0.0) == 1.0 and train.lr_multiplier(1.0) == pytest.approx(train.FINAL_LR_FRAC)
-    assert train.muon_momentum(0.0) == train.MUON_MOMENTUM[0]
-    assert train.muon_momentum(1.0) == train.MUON_MOMENTUM[1]
     model = train.build_model(train.tiny_config())
     opt = train.build_optimizer(model)
-    train.set_schedules(opt, 0.5)
+    train.set_schedules(opt, 0.5, 0)
     muon = next(g for g in opt.param_groups if g["kind"] == "muon")
     assert muon["weight_decay"] == pytest.approx(train.WEIGHT_DECAY * 0.5)
-    assert muon["momentum"] == train.MUON_MOMENTUM[1]
+
+
+@pytest.mark.parametrize("step, momentum", [(0, 0.85), (1, 0.85 + 0.1 / 300), (30, 0.86), (150, 0.90),
+                                            (299, 0.95 - 0.1 / 300), (300, 0.95), (900, 0.95)])
+def test_muon_momentum_ramps_over_300_steps_whatever_the_time(train, step, momentum):
+    """Upstream ramps 0.85 -> 0.95 over the first 300 optimizer steps (untimed ones included), not over a
+    share of the time budget: at a 60-s budget (about 200 steps on an H100) it never reaches 0.95."""
+    model = train.build_model(train.tiny_config())
+    opt = train.build_optimizer(model)
+    for progress in (0.0, 0.3, 1.0):
+        train.set_schedules(opt, progress, step)
+        assert all(g["momentum"] == pytest.approx(momentum, abs=1e-12) for g in opt.param_groups if g["kind"] == "muon")
+
+
+def test_adamw_on_bf16_weights_rounds_once_per_stored_tensor(train):
+    """On a GPU the embeddings are bf16. Their AdamW step is computed in float32 and rounded once into each
+    stored tensor (weight, first and second moment), as upstream's compiled kernel does; op-by-op bf16
+    arithmetic rounds every intermediate and lands elsewhere."""
+    g = torch.Generator().manual_seed(0)
+    p32 = torch.randn(64, 256, generator=g).bfloat16().float()
+    grads = [torch.randn(64, 256, generator=g) * 1e-3 for _ in range(3)]
+    want = [t.clone() for t in (p32, torch.zeros_like(p32), torch.zeros_like(p32))]
+    got = [t.bfloat16() for t in want]
+    for step, grad in enumerate(grads, 1):
+        (p, m, v), (pb, mb, vb) = want, got
+        train.adamw_update(p, grad.bfloat16().float(), m, v, step, 0.7, 0.8, 0.95, 1e-10, 0.0)
+        for t in want:
+            t.copy_(t.bfloat16().float())     # what bf16 storage keeps of each stored tensor
+        train.adamw_update(pb, grad.bfloat16(), mb, vb, step, 0.7, 0.8, 0.95, 1e-10, 0.0)
+    for w, o in zip(want, got):
+        assert o.dtype == torch.bfloat16
+        assert torch.equal(o.float(), w), (o.float() - w).abs().max()
+
+
+def test_norm_eps_is_float32s_machine_epsilon_for_float32_and_bf16(train):
+    """F.rms_norm's default eps, as upstream: the epsilon of the type it computes in, float32's 1.2e-7 also for
+    bf16 inputs (the GPU's q, k and residual stream), not bf16's 7.8e-3. On inputs whose mean square is near
+    eps a fixed eps (the old 1e-6) gives clearly other outputs."""
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.full((3, 64), 0.03, dtype=dtype) * torch.linspace(0.5, 1.5, 64, dtype=dtype)
+        x32 = x.float()
+        want = x32 / torch.sqrt(x32.square().mean(-1, keepdim=True) + torch.finfo(torch.float32).eps)
+        torch.testing.assert_close(train.norm(x).float(), want, rtol=1e-2 if dtype == torch.bfloat16 else 1e-5, atol=0)
+    tiny = torch.full((1, 64), 1e-4)
+    assert train.norm(tiny)[0, 0].item() == pytest.approx(1e-4 / (1e-8 + 2**-23) ** 0.5, rel=1e-5)
+
+
+def test_initial_weights_are_upstreams_draws_for_the_seed(train):
+    """build_model makes the model on the meta device and draws only init_weights' numbers, in upstream's
+    order (wte, lm_head, then per block c_q, c_k, c_v, c_fc, then the value embeddings), so a seed gives
+    upstream's exact initial weights. Drawing PyTorch's default initialisation first would change them all."""
+    config = train.tiny_config()
+    model = train.build_model(config, "cpu", seed=7)
+    D, V = config.n_embd, config.vocab_size
+    s = 3**0.5 * D**-0.5
+    torch.manual_seed(7)
+    want = {"wte.weight": torch.empty(V, D).normal_(0, 1), "lm_head.weight": torch.empty(V, D).normal_(0, 0.001)}
+    for i in range(config.n_layer):
+        for name, shape in (("attn.c_q", (D, D)), ("attn.c_k", (D, D)), ("attn.c_v", (D, D)), ("mlp.c_fc", (4 * D, D))):
+            want[f"blocks.{i}.{name}.weight"] = torch.empty(shape).uniform_(-s, s)
+    for i in model.value_embeds:
+        want[f"value_embeds.{i}.weight"] = torch.empty(V, D).uniform_(-s, s)
+    got = dict(model.named_parameters())
+    for name, w in want.items():
+        assert torch.equal(got[name].detach(), w), name
+    assert all(not got[n].detach().any() for n in got if n.endswith(("c_proj.weight", "ve_gate.weight")))
+    positions = torch.arange(config.sequence_len, dtype=torch.float32)    # the rotary tables are filled too
+    torch.testing.assert_close(model.cos[0, :, 0, 0], positions.cos())
+    torch.testing.assert_close(model.sin[0, :, 0, 0], positions.sin())

@@ -79,7 +79,7 @@ def test_loss_falls_on_a_fixed_batch(train):
     x, y = fixed_batch(config)
     losses = []
     for i in range(40):
-        params, opt_state, loss = step(params, opt_state, [(x[:2], y[:2]), (x[2:], y[2:])], train.schedules(i / 40))
+        params, opt_state, loss = step(params, opt_state, [(x[:2], y[:2]), (x[2:], y[2:])], train.schedules(i / 40, i))
         losses.append(float(loss))
     assert losses[0] == pytest.approx(math.log(config.vocab_size), rel=0.05)  # uniform at init (lm_head ~ 0)
     assert all(math.isfinite(v) for v in losses)
@@ -122,3 +122,15 @@ def test_nan_loss_fails_fast(prepared_env, tmp_path):
     assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
     assert "FAIL: training loss is nan at step 1" in out.stdout
     assert "val_bpb" not in out.stdout
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_norm_eps_is_float32s_machine_epsilon_as_the_reference(train, reference, dtype):
+    """The reference's F.rms_norm computes in float32 with float32's epsilon for float32 and bf16 inputs; on
+    inputs whose mean square is near eps, another eps (bf16's 7.8e-3, or 1e-6) gives clearly other outputs."""
+    import torch
+    x = np.full((2, 64), 1e-4, np.float32) * np.linspace(0.5, 1.5, 64, dtype=np.float32)
+    got = np.asarray(train.norm(jnp.asarray(x, dtype)).astype(jnp.float32))
+    torch_dtype = torch.float32 if dtype == jnp.float32 else torch.bfloat16
+    want = reference.norm(torch.from_numpy(x).to(torch_dtype)).float().numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5 if dtype == jnp.float32 else 1e-2)

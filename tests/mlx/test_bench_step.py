@@ -42,7 +42,7 @@ def cuda_step(train, config, batches):
     model = train.build_model(config, "cpu")
     optimizer = train.build_optimizer(model)
     batches = [(torch.from_numpy(x).long(), torch.from_numpy(y).long()) for x, y in batches]
-    return lambda: train.train_step(model, optimizer, batches, 0.0).item()
+    return lambda: train.train_step(model, optimizer, batches, 0.0, 0).item()
 
 
 def jax_step(train, config, batches):
@@ -53,7 +53,7 @@ def jax_step(train, config, batches):
     step = train.make_train_step(modeldef, optimizer)
 
     def run():
-        state["params"], state["opt"], loss = step(state["params"], state["opt"], batches, train.schedules(0.0))
+        state["params"], state["opt"], loss = step(state["params"], state["opt"], batches, train.schedules(0.0, 0))
         return float(loss)
 
     return run
@@ -63,7 +63,7 @@ def mlx_step(train, config, batches):
     model = train.build_model(config)
     optimizer = train.build_optimizer(model)
     loss_and_grad = train.loss_and_grad_fn(model)
-    return lambda: train.train_step(model, optimizer, batches, 0.0, loss_and_grad).item()
+    return lambda: train.train_step(model, optimizer, batches, 0.0, 0, loss_and_grad).item()
 
 
 BACKENDS = {"cuda": ("torch", cuda_step), "jax": ("jax", jax_step), "mlx": ("mlx.core", mlx_step)}

@@ -52,7 +52,7 @@ def hidden_states(config, weights, inputs):
     hooks = [b.register_forward_hook(lambda m, a, out: outputs.append(out.numpy().copy())) for b in model.blocks]
     with torch.no_grad():
         logits = model(idx).numpy()
-        x0 = train.norm(model.wte(idx)).numpy()
+        x0 = model.embed(idx).numpy()
     for h in hooks:
         h.remove()
     return [x0, *outputs, logits]
@@ -70,13 +70,13 @@ def grads(config, weights, inputs, targets):
     return {name: p.grad.numpy().copy() for name, p in model.named_parameters()}
 
 
-def step(config, weights, inputs, targets, progress):
+def step(config, weights, inputs, targets, schedule):
     train = _train()
     model = _model(config, weights)
     optimizer = train.build_optimizer(model)
     batches = [(_long(x), _long(y)) for x, y in zip(inputs, targets)]
-    for p in progress:
-        train.train_step(model, optimizer, batches, p)
+    for progress, n in schedule:
+        train.train_step(model, optimizer, batches, progress, n)
     return _copy(train.export_weights(model))
 
 

@@ -60,15 +60,15 @@ def grads(config, weights, inputs, targets):
     return _numpy(jax.jit(jax.grad(loss))(params))
 
 
-def step(config, weights, inputs, targets, progress):
+def step(config, weights, inputs, targets, schedule):
     train = _train()
     modeldef, params = _split(config, weights)
     optimizer = train.build_optimizer(params)
     opt_state = optimizer.init(params)
     train_step = train.make_train_step(modeldef, optimizer)
     batches = list(zip(inputs, targets))
-    for p in progress:
-        params, opt_state, _ = train_step(params, opt_state, batches, train.schedules(p))
+    for progress, n in schedule:
+        params, opt_state, _ = train_step(params, opt_state, batches, train.schedules(progress, n))
     return _numpy(params)
 
 

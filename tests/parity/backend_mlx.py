@@ -50,15 +50,15 @@ def grads(config, weights, inputs, targets):
     return _numpy(g)
 
 
-def step(config, weights, inputs, targets, progress):
+def step(config, weights, inputs, targets, schedule):
     import mlx.core as mx
     train = _train()
     model = _model(config, weights)
     optimizer = train.build_optimizer(model, ortho_dtype=mx.float32)
     loss_and_grad = train.loss_and_grad_fn(model)
     batches = list(zip(inputs, targets))
-    for p in progress:
-        train.train_step(model, optimizer, batches, p, loss_and_grad)
+    for progress, n in schedule:
+        train.train_step(model, optimizer, batches, progress, n, loss_and_grad)
     return _numpy(train.export_weights(model))
 
 

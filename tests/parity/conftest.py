@@ -44,7 +44,7 @@ class Case:
 
     @cached_property
     def step(self):
-        return self.reference.step(self.config, self.weights, self.inputs, self.targets, harness.PROGRESS)
+        return self.reference.step(self.config, self.weights, self.inputs, self.targets, harness.SCHEDULE)
 
     @cached_property
     def bpb(self):

@@ -18,11 +18,11 @@ adds its name to BACKENDS). The adapter defines these functions (arrays are nump
         Per-token cross-entropy in nats.
     grads(config, weights, inputs, targets) -> {name: array}
         Gradients of the mean per-token loss, one per parameter, under the reference's names.
-    step(config, weights, inputs, targets, progress) -> {name: array}
+    step(config, weights, inputs, targets, schedule) -> {name: array}
         The trainer's own optimizer step (MuonAdamW, every group), fresh optimizer state. inputs and targets are
-        (A, B, T): A micro-batches whose gradients are averaged. One step per entry of the list `progress`
-        (training-time progress in [0, 1], which sets the LR, Muon momentum and weight-decay schedules), each
-        on the same micro-batches. Returns the weights after the last step.
+        (A, B, T): A micro-batches whose gradients are averaged. One step per (progress, step) pair of the list
+        `schedule` (training-time progress in [0, 1] sets the LR and weight-decay schedules, the step count the
+        Muon momentum ramp), each on the same micro-batches. Returns the weights after the last step.
     bpb(config, weights, profile, batch_size) -> float
         common.evaluate.evaluate_bpb with the backend's per-token loss function at that batch size.
 
@@ -49,7 +49,9 @@ BACKENDS = ["jax", "mlx"]
 CONFIG = dict(sequence_len=64, vocab_size=8192, n_layer=4, n_head=2, n_embd=64, window_pattern="SSSL")
 BATCH_SIZE = 4
 ACCUM_STEPS = 2
-PROGRESS = [0.0, 0.6]   # two optimizer steps: the second uses momentum/second-moment state and warmdown LRs
+# Two optimizer steps, as (progress, step count): the second uses momentum/second-moment state, warmdown LRs
+# and the Muon momentum halfway up its ramp (0.90 at step 150).
+SCHEDULE = [(0.0, 0), (0.6, 150)]
 PROFILE = "smoke"       # evaluate_bpb over its fixed rows (T = 64, 128 rows)
 EVAL_BATCH_SIZE = 16
 

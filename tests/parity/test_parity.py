@@ -44,13 +44,13 @@ def test_grads(backend, case):
 
 
 def test_step(backend, case):
-    got = backend.step(case.config, case.weights, case.inputs, case.targets, harness.PROGRESS)
+    got = backend.step(case.config, case.weights, case.inputs, case.targets, harness.SCHEDULE)
     assert set(got) == set(case.weights), f"names differ: {sorted(set(got) ^ set(case.weights))}"
     errors = []
     for group, tolerance in (("AdamW", harness.TOLERANCE["step_adamw"]), ("Muon", harness.TOLERANCE["step_muon"])):
         names = [n for n in case.weights if harness.is_muon(n) == (group == "Muon")]
         want = {n: case.step[n] - case.weights[n] for n in names}
-        errors.append(harness.compare(f"{group} update after {len(harness.PROGRESS)} steps",
+        errors.append(harness.compare(f"{group} update after {len(harness.SCHEDULE)} steps",
                                       {n: got[n] - case.weights[n] for n in names}, want, tolerance,
                                       harness.trimmed_relative_error))
     errors = [e for e in errors if e]
