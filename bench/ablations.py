@@ -1,0 +1,66 @@
+"""Ablations for bench/anchor.py --variant: each one puts back, alone, one way in which the reference trainer
+used to compute differently from upstream autoresearch's train.py (issue 10; docs/notes/fidelity.md has what
+each was worth). A variant is text edits of the canvas, applied as the agent applies its edits (each `find`
+must occur exactly once), plus profile fields to override.
+"""
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Variant:
+    description: str
+    edits: tuple = ()                  # (find, replace) pairs applied to backends/cuda/train.py
+    profile: dict = field(default_factory=dict)   # Profile fields to override, e.g. {"untimed_steps": 2}
+
+
+UNTIMED_2 = Variant("2 untimed steps (upstream: 11)", profile={"untimed_steps": 2})
+
+MOMENTUM_BY_TIME = Variant(
+    "Muon momentum ramp over 30 % of the time budget (upstream: over 300 steps)",
+    edits=(('            group["momentum"] = muon_momentum(step)',
+            '            group["momentum"] = 0.85 + 0.1 * min(progress / 0.3, 1.0)'),))
+
+EPS_1E6 = Variant(
+    "RMSNorm eps 1e-6 (upstream: the dtype's machine epsilon)",
+    edits=(("    return F.rms_norm(x, (x.size(-1),))  #", "    return F.rms_norm(x, (x.size(-1),), eps=1e-6)  #"),))
+
+SHUFFLED_DATA = Variant(
+    "training row groups shuffled every epoch (upstream: the files' order)",
+    edits=(('    loader = make_loader("train", device_batch, seq_len, tokenizer=tokenizer)',
+            '    loader = make_loader("train", device_batch, seq_len, seed=SEED, tokenizer=tokenizer)'),))
+
+BF16_ADAMW = Variant(
+    "AdamW arithmetic op by op in bf16 on the bf16 embeddings (upstream: float32, rounded once)",
+    edits=(("    p32, m, v = p.float(), exp_avg.float(), exp_avg_sq.float()  # the tensors themselves when float32\n"
+            "    grad = grad.float()\n",
+            "    p32, m, v = p, exp_avg, exp_avg_sq\n"),))
+
+DEFAULT_INIT_FIRST = Variant(
+    "the model built on the device, so PyTorch's default initialisation draws random numbers before "
+    "init_weights (upstream: built on meta, the same weights as upstream for the same seed)",
+    edits=(('    with torch.device("meta"):\n        model = GPT(config)\n    model.to_empty(device=device)\n',
+            '    with device:\n        model = GPT(config)\n'),))
+
+VARIANTS = {
+    "untimed-2": UNTIMED_2,
+    "momentum-by-time": MOMENTUM_BY_TIME,
+    "eps-1e-6": EPS_1E6,
+    "shuffled-data": SHUFFLED_DATA,
+    "bf16-adamw": BF16_ADAMW,
+    "default-init-first": DEFAULT_INIT_FIRST,
+}
+# The trainer as it was before issue 10: every cause at once.
+VARIANTS["before"] = Variant(
+    "all of the above at once: the reference trainer before issue 10",
+    edits=tuple(e for v in list(VARIANTS.values()) for e in v.edits), profile={"untimed_steps": 2})
+
+
+def apply(variant, text):
+    """The canvas text with the variant's edits; a ValueError names an edit that does not apply once."""
+    for find, replace in variant.edits:
+        if text.count(find) != 1:
+            raise ValueError(f"the edit of {find.strip()[:60]!r} finds {text.count(find)} places in the canvas, "
+                             "not one: the canvas changed, update bench/ablations.py")
+        text = text.replace(find, replace)
+    return text

@@ -1,0 +1,366 @@
+"""make bench-anchor: upstream autoresearch's own train.py beside one of our backends, on the same data, the same
+budget and the same kind of GPU, in one table.
+
+    python bench/anchor.py [--backend cuda] [--budget 60] [--repeat 3] [--gpus 0,1] [--data FOLDER]
+                           [--upstream DIR] [--variant NAME ...] [--no-upstream] [--deadline SECONDS] [--out DIR]
+
+Upstream's code is never part of this project: it is fetched at run time with git into the git-ignored folder
+.upstream/<commit> at the pinned commit UPSTREAM_COMMIT, or read from --upstream DIR (a folder holding its
+prepare.py and train.py) where there is no network. It runs unchanged but for its TIME_BUDGET constant, with
+bench/upstream_kernels.py standing in for the FlashAttention-3 kernel it would download, under a private
+HOME whose cache holds the same data files as ours (the last file is its pinned validation shard). rustbpe must
+be importable: upstream's prepare.py trains its own tokenizer.
+
+Jobs (upstream, our backend, each --variant of bench/ablations.py, --repeat times each, interleaved) go to
+the GPUs of --gpus one at a time per GPU, so with two GPUs upstream and ours train side by side. A job that
+could not finish before --deadline seconds is skipped and listed. Logs, results.jsonl and anchor.md (the
+table) are written to --out.
+
+Columns: steps; tokens/s over the timed steps; MFU (upstream's and ours both divide by 989.5 TFLOP/s on an
+H100 or H200); peak GPU memory; val_bpb; total - training = process wall time not spent training (start-up,
+compilation, untimed steps, evaluation). Then per group: mean and sd of val_bpb, and the difference to
+upstream's mean.
+"""
+
+import argparse
+import dataclasses
+import datetime
+import importlib.util
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from ablations import VARIANTS, apply  # noqa: E402
+from common.errors import ContractError, run_cli  # noqa: E402
+
+UPSTREAM_URL = "https://github.com/karpathy/autoresearch.git"
+UPSTREAM_COMMIT = "228791fb499afffb54b46200aca536f79142f117"  # master on 2026-11-29
+UPSTREAM_UNTIMED_STEPS = 11    # upstream's loop times steps 11 onwards
+UPSTREAM_VAL_SHARD = "shard_06542.parquet"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Upstream's code and data
+# ---------------------------------------------------------------------------------------------------------
+
+def upstream_code(folder=None, commit=UPSTREAM_COMMIT):
+    """A folder with upstream's prepare.py and train.py: `folder`, else .upstream/<commit>, cloned if missing."""
+    if folder:
+        folder = Path(folder).resolve()
+        missing = [f for f in ("prepare.py", "train.py") if not (folder / f).is_file()]
+        if missing:
+            raise ContractError(f"{folder} has no {' or '.join(missing)}: --upstream must name a folder with "
+                                f"upstream autoresearch's prepare.py and train.py (a checkout of {UPSTREAM_URL}).")
+        return folder
+    dest = REPO / ".upstream" / commit[:12]
+    if (dest / "train.py").is_file():
+        return dest
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    print(f"Fetching upstream autoresearch {commit[:12]} into {dest} (git-ignored) ...", flush=True)
+    try:
+        subprocess.run(["git", "clone", "--quiet", UPSTREAM_URL, str(tmp)], check=True, timeout=300)
+        subprocess.run(["git", "-C", str(tmp), "checkout", "--quiet", commit], check=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise ContractError(f"Could not fetch {UPSTREAM_URL} at {commit[:12]} ({e}). Without network, clone it "
+                            "elsewhere and name the folder with --upstream DIR (UPSTREAM=DIR for make).") from None
+    tmp.rename(dest)
+    return dest
+
+
+def upstream_data_files(data_folder):
+    """(training files, validation file) in upstream's terms: parquet shards, the last one validation."""
+    from common.data import get_source
+    source = get_source(data_folder)
+    files = source.train_files + source.val_files
+    if any(f.suffix != ".parquet" for f in files):
+        raise ContractError(f"{source.name} holds files other than parquet shards; upstream's loader reads "
+                            "parquet shards with a `text` column only. Compare on parquet data (e.g. "
+                            "DATA=../shared/corpus).")
+    return source.train_files, source.val_files[0]
+
+
+def prepare_upstream(code, data_folder, work, budget):
+    """A runnable copy of upstream under `work`: its code with TIME_BUDGET = budget and the kernels stand-in,
+    and a private HOME whose cache holds the data (links) and upstream's own tokenizer. Returns (dir, env)."""
+    home = work / "home"
+    data = home / ".cache" / "autoresearch" / "data"
+    train_files, val_file = upstream_data_files(data_folder)
+    if not data.is_dir():
+        data.mkdir(parents=True)
+        for i, f in enumerate(train_files):
+            (data / f"shard_{i:05d}.parquet").symlink_to(f.resolve())
+        (data / UPSTREAM_VAL_SHARD).symlink_to(val_file.resolve())
+    run_dir = work / f"code_{budget:g}s"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    prepare_py = (code / "prepare.py").read_text()
+    patched, n = re.subn(r"^TIME_BUDGET = 300\b", f"TIME_BUDGET = {budget:g}", prepare_py, flags=re.M)
+    if n != 1:
+        raise ContractError(f"{code / 'prepare.py'} has no line 'TIME_BUDGET = 300': not the upstream this "
+                            f"harness knows ({UPSTREAM_COMMIT[:12]}); pass --upstream with that commit.")
+    (run_dir / "prepare.py").write_text(patched)
+    shutil.copy(code / "train.py", run_dir / "train.py")
+    shutil.copy(REPO / "bench" / "upstream_kernels.py", run_dir / "kernels.py")
+    env = dict(os.environ, HOME=str(home), PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
+    tokenizer = home / ".cache" / "autoresearch" / "tokenizer" / "tokenizer.pkl"
+    if not tokenizer.exists():
+        print("Upstream: training its tokenizer (its own prepare.py) ...", flush=True)
+        proc = subprocess.run([sys.executable, "prepare.py", "--num-shards", str(len(train_files))], cwd=run_dir,
+                              env=env, capture_output=True, text=True)
+        (work / "upstream_prepare.log").write_text(proc.stdout + proc.stderr)
+        if proc.returncode != 0:
+            raise ContractError(f"Upstream's prepare.py failed (exit {proc.returncode}); its log is "
+                                f"{work / 'upstream_prepare.log'}. It needs rustbpe, pyarrow, tiktoken and torch.")
+    return run_dir, env
+
+
+def parse_upstream(text):
+    """Upstream's summary block ('---' then 'key: value'), numbers only."""
+    block = text[text.rfind("\n---\n"):] if "\n---\n" in text else ""
+    values = {k: float(v) for k, v in re.findall(r"^(\w+):\s+([-+\d.eE]+)\s*$", block, re.M)}
+    if "val_bpb" not in values:
+        raise ContractError("upstream's output has no summary block: the run crashed; see its log")
+    steps = int(values["num_steps"])
+    per_step = values["total_tokens_M"] * 1e6 / steps
+    values["tokens_per_sec"] = (steps - UPSTREAM_UNTIMED_STEPS) * per_step / values["training_seconds"]
+    values["num_steps"] = steps
+    return values
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Jobs
+# ---------------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Job:
+    group: str        # "upstream", the backend ("cuda"), or "cuda:<variant>"
+    budget: float
+    index: int        # repeat number, from 1
+    command: list
+    cwd: Path
+    env: dict
+    parse: object     # text -> summary dict
+
+    @property
+    def name(self):
+        return f"{self.group.replace(':', '-')}_{self.budget:g}s_{self.index}"
+
+
+def our_job(args, group, variant, index, out):
+    """A run of our backend's canvas (with a variant's edits) in a fresh process, under the profile with
+    --budget (and the variant's profile overrides)."""
+    from common.summary import parse_summary
+    canvas = (REPO / "backends" / args.backend / "train.py").read_text()
+    overrides = {}
+    if variant:
+        canvas = apply(VARIANTS[variant], canvas)
+        overrides = VARIANTS[variant].profile
+    path = out / "canvases" / f"{group.replace(':', '-')}.py"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(canvas)
+    command = [sys.executable, str(Path(__file__).resolve()), "child", "--canvas", str(path), "--backend",
+               args.backend, "--profile", args.profile, "--budget", str(args.budget),
+               "--override", json.dumps(overrides)]
+    env = dict(os.environ, PYTHONUNBUFFERED="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    if args.data:
+        env["AUTORESEARCH_DATA"] = str(Path(args.data).resolve())
+    return Job(group, args.budget, index, command, REPO, env, parse_summary)
+
+
+def child(args):
+    """Runs one canvas's main() under the profile, with the budget and overrides applied (a fresh process)."""
+    from common.platform import get_profile
+    profile = get_profile(args.profile, args.budget)
+    overrides = json.loads(args.override)
+    if overrides:
+        profile = dataclasses.replace(profile, **overrides)
+    spec = importlib.util.spec_from_file_location(f"{args.backend}_train", args.canvas)
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    run_cli(train.main, profile)
+
+
+def run_job(job, gpu, out, timeout):
+    """Runs a job on one GPU ('' = whatever is visible); returns its row for the table."""
+    env = dict(job.env)
+    if gpu != "":
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    log = out / "logs" / f"{job.name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    with open(log, "w") as f:
+        try:
+            status = subprocess.run(job.command, cwd=job.cwd, env=env, stdout=f, stderr=subprocess.STDOUT,
+                                    timeout=timeout).returncode
+        except subprocess.TimeoutExpired:
+            status = "timeout"
+    wall = time.time() - t0
+    row = dict(name=job.name, group=job.group, budget=job.budget, index=job.index, gpu=gpu, wall=round(wall, 1),
+               started=datetime.datetime.fromtimestamp(t0, datetime.timezone.utc).isoformat(timespec="seconds"))
+    text = log.read_text(errors="replace").replace("\r", "\n")
+    try:
+        if status != 0:
+            raise ContractError(f"exit {status}")
+        s = job.parse(text)
+        row.update(steps=s["num_steps"], tokens_per_sec=s["tokens_per_sec"], mfu=s["mfu_percent"],
+                   peak_gb=s["peak_vram_mb"] / 1024, val_bpb=s["val_bpb"], training_s=s["training_seconds"],
+                   overhead_s=wall - s["training_seconds"])
+    except ContractError as e:
+        row["error"] = f"{e} (log: {log})"
+    return row
+
+
+def run_all(jobs, gpus, out, deadline, timeout, progress=print):
+    """Each GPU takes the next job when it is free; a job that could not end before the deadline is skipped.
+    Returns the rows in job order."""
+    t0, lock, rows, pending = time.time(), threading.Lock(), {}, list(jobs)
+
+    def worker(gpu):
+        while True:
+            with lock:
+                if not pending:
+                    return
+                job = pending.pop(0)
+                late = deadline and time.time() - t0 + job.budget + 60 > deadline
+            if late:
+                rows[job.name] = dict(name=job.name, group=job.group, budget=job.budget, index=job.index,
+                                      gpu=gpu, error="skipped: would end after the deadline")
+                continue
+            progress(f"[{time.time() - t0:6.0f}s] gpu {gpu or '-'}: {job.name} ...")
+            row = run_job(job, gpu, out, timeout)
+            rows[job.name] = row
+            shown = f"val_bpb {row['val_bpb']:.4f}, {row['steps']} steps" if "val_bpb" in row else row["error"]
+            progress(f"[{time.time() - t0:6.0f}s] gpu {gpu or '-'}: {job.name}: {shown}")
+
+    threads = [threading.Thread(target=worker, args=(g,)) for g in gpus]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return [rows[j.name] for j in jobs if j.name in rows]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The table
+# ---------------------------------------------------------------------------------------------------------
+
+def machine():
+    """The card, its driver, and the frameworks' versions, for the table's heading."""
+    try:
+        smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10).stdout.strip().splitlines()
+    except (OSError, subprocess.SubprocessError):
+        smi = []
+    cards = f"{len(smi)} x {smi[0]}" if smi else "no NVIDIA GPU"
+    versions = []
+    for module in ("torch", "jax"):
+        try:
+            versions.append(f"{module} {importlib.import_module(module).__version__}")
+        except ImportError:
+            pass
+    return f"{cards} (name, driver) | {', '.join(versions)}"
+
+
+def table(rows, heading):
+    lines = [heading, "",
+             "| run | GPU | steps | tokens/s | MFU % | peak GB | val_bpb | total - training s |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['name']} | {r.get('gpu', '')} | {r['error']} | | | | | |")
+        else:
+            lines.append(f"| {r['name']} | {r['gpu']} | {r['steps']} | {r['tokens_per_sec']:,.0f} | {r['mfu']:.2f} | "
+                         f"{r['peak_gb']:.1f} | {r['val_bpb']:.4f} | {r['overhead_s']:.1f} |")
+    groups = {}
+    for r in rows:
+        if "val_bpb" in r:
+            groups.setdefault((r["group"], r["budget"]), []).append(r["val_bpb"])
+    lines += ["", "| group | budget s | runs | val_bpb mean | sd | vs upstream |", "|---|---:|---:|---:|---:|---:|"]
+    for (group, budget), values in groups.items():
+        mean = statistics.fmean(values)
+        sd = statistics.stdev(values) if len(values) > 1 else float("nan")
+        up = groups.get(("upstream", budget))
+        vs = ""
+        if up and group != "upstream":
+            up_sd = statistics.stdev(up) if len(up) > 1 else float("nan")
+            vs = f"{mean - statistics.fmean(up):+.4f}" + (f" ({(mean - statistics.fmean(up)) / up_sd:+.1f} sd)"
+                                                          if up_sd == up_sd and up_sd > 0 else "")
+        lines.append(f"| {group} | {budget:g} | {len(values)} | {mean:.4f} | {sd:.4f} | {vs} |")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd")
+    c = sub.add_parser("child", help=argparse.SUPPRESS)
+    for flag in ("--canvas", "--backend", "--profile", "--budget", "--override"):
+        c.add_argument(flag, required=True)
+    parser.add_argument("--backend", default="cuda", choices=["cuda", "jax"], help="our backend to compare")
+    parser.add_argument("--profile", default="h100", help="our profile (h100 = upstream's constants)")
+    parser.add_argument("--budget", type=float, default=60, help="training seconds of every run (upstream's too)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each kind")
+    parser.add_argument("--gpus", default=os.environ.get("GPUS", "0"),
+                        help="GPU indices to spread the runs over, e.g. 0,1 (side by side); '' = as visible")
+    parser.add_argument("--data", default=os.environ.get("AUTORESEARCH_DATA"),
+                        help="a folder of parquet shards (default: the downloaded climbmix shards)")
+    parser.add_argument("--upstream", help="a folder with upstream's prepare.py and train.py (else fetched)")
+    parser.add_argument("--no-upstream", action="store_true", help="run only our backend (and variants)")
+    parser.add_argument("--variant", action="append", default=[], choices=sorted(VARIANTS),
+                        help="also run our backend with this ablation of bench/ablations.py (repeatable)")
+    parser.add_argument("--variant-repeat", type=int, default=1, help="runs of each variant")
+    parser.add_argument("--extra", action="append", default=[], choices=["cuda", "jax"],
+                        help="also run this backend (e.g. jax beside cuda)")
+    parser.add_argument("--deadline", type=float, help="start no run that could end after this many seconds")
+    parser.add_argument("--out", default=str(REPO / "runs" / "anchor"), help="logs, results.jsonl and anchor.md")
+    args = parser.parse_args()
+    if args.cmd == "child":
+        return child(args)
+
+    from common.prepare import prepare
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    prepare(args.data, if_needed=True)
+    upstream_jobs = []
+    if not args.no_upstream:
+        code = upstream_code(args.upstream)
+        run_dir, env = prepare_upstream(code, args.data, out / "upstream", args.budget)
+        upstream_jobs = [Job("upstream", args.budget, i + 1, [sys.executable, "train.py"], run_dir, env,
+                             parse_upstream) for i in range(args.repeat)]
+    ours = [our_job(args, args.backend, None, i + 1, out) for i in range(args.repeat)]
+    jobs = [j for pair in zip(upstream_jobs or [None] * args.repeat, ours) for j in pair if j]
+    for backend in args.extra:
+        other = argparse.Namespace(**{**vars(args), "backend": backend})
+        jobs += [our_job(other, backend, None, i + 1, out) for i in range(args.repeat)]
+    for i in range(args.variant_repeat):
+        jobs += [our_job(args, f"{args.backend}:{v}", v, i + 1, out) for v in args.variant]
+    gpus = [g.strip() for g in args.gpus.split(",")]
+    t0 = datetime.datetime.now(datetime.timezone.utc)
+    rows = run_all(jobs, gpus, out, args.deadline, timeout=2 * args.budget + 600)
+    heading = (f"bench-anchor {t0:%Y-%m-%d %H:%M} UTC | {machine()} | profile {args.profile}, budget {args.budget:g} s"
+               f" | data {args.data or 'climbmix'} | upstream {'-' if args.no_upstream else UPSTREAM_COMMIT[:12]}")
+    text = table(rows, heading)
+    (out / "anchor.md").write_text(text + "\n")
+    with open(out / "results.jsonl", "a") as f:
+        for r in rows:
+            f.write(json.dumps(dict(r, heading=heading)) + "\n")
+    with tarfile.open(out / "logs.tar.gz", "w:gz") as tar:
+        tar.add(out / "logs", arcname="logs")
+    print("\n" + text)
+    return 0 if all("val_bpb" in r for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
