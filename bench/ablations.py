@@ -1,7 +1,8 @@
-"""Ablations for bench/anchor.py --variant: each one puts back, alone, one way in which the reference trainer
-used to compute differently from upstream autoresearch's train.py (issue 10; docs/notes/fidelity.md has what
-each was worth). A variant is text edits of the canvas, applied as the agent applies its edits (each `find`
-must occur exactly once), plus profile fields to override.
+"""Ablations for bench/anchor.py --variant: each cuda one puts back, alone, one way in which the reference
+trainer used to compute differently from upstream autoresearch's train.py (issue 10; docs/notes/fidelity.md has
+what each was worth); the jax ones probe why the jax backend trails. A variant is text edits of its backend's
+canvas, applied as the agent applies its edits (each `find` must occur exactly once), plus profile fields to
+override.
 """
 
 from dataclasses import dataclass, field
@@ -10,8 +11,10 @@ from dataclasses import dataclass, field
 @dataclass(frozen=True)
 class Variant:
     description: str
-    edits: tuple = ()                  # (find, replace) pairs applied to backends/cuda/train.py
+    edits: tuple = ()                  # (find, replace) pairs applied to backends/<backend>/train.py
     profile: dict = field(default_factory=dict)   # Profile fields to override, e.g. {"untimed_steps": 2}
+    backend: str = "cuda"
+    cuda_init: bool = False            # the run gets $AUTORESEARCH_INIT_WEIGHTS: the cuda model's initial weights
 
 
 UNTIMED_2 = Variant("2 untimed steps (upstream: 11)", profile={"untimed_steps": 2})
@@ -54,6 +57,19 @@ VARIANTS = {
 VARIANTS["before"] = Variant(
     "all of the above at once: the reference trainer before issue 10",
     edits=tuple(e for v in list(VARIANTS.values()) for e in v.edits), profile={"untimed_steps": 2})
+
+# jax draws its own initial weights (jax.random): this starts it from the cuda backend's, which are upstream's
+# for the same seed, so a jax run and a cuda run differ only in what they compute.
+VARIANTS["from-cuda-init"] = Variant(
+    "jax started from the cuda backend's initial weights (exported by torch on the same GPU)", backend="jax",
+    cuda_init=True,
+    edits=(("    model = build_model(config, gpu=gpu)\n",
+            "    model = build_model(config, gpu=gpu)\n"
+            "    import_weights(model, dict(np.load(os.environ['AUTORESEARCH_INIT_WEIGHTS'])))\n"),))
+# What jax ran with on 2026-11-29 before the eps fix: bf16's machine epsilon for bf16 inputs.
+VARIANTS["bf16-eps"] = Variant(
+    "jax RMSNorm with the input dtype's machine epsilon (7.8e-3 for bf16; torch uses float32's)", backend="jax",
+    edits=(("    eps = float(jnp.finfo(jnp.float32).eps)\n", "    eps = float(jnp.finfo(x.dtype).eps)\n"),))
 
 
 def apply(variant, text):

@@ -158,26 +158,42 @@ class Job:
         return f"{self.group.replace(':', '-')}_{self.budget:g}s_{self.index}"
 
 
-def our_job(args, group, variant, index, out):
-    """A run of our backend's canvas (with a variant's edits) in a fresh process, under the profile with
+def our_job(args, backend, variant, index, out):
+    """A run of a backend's canvas (with a variant's edits) in a fresh process, under the profile with
     --budget (and the variant's profile overrides)."""
     from common.summary import parse_summary
-    canvas = (REPO / "backends" / args.backend / "train.py").read_text()
-    overrides = {}
+    canvas = (REPO / "backends" / backend / "train.py").read_text()
+    group, overrides, env = backend, {}, dict(os.environ, PYTHONUNBUFFERED="1")
     if variant:
         canvas = apply(VARIANTS[variant], canvas)
-        overrides = VARIANTS[variant].profile
+        group, overrides = f"{backend}:{variant}", VARIANTS[variant].profile
+        if VARIANTS[variant].cuda_init:
+            env["AUTORESEARCH_INIT_WEIGHTS"] = str(out / "cuda_init.npz")
     path = out / "canvases" / f"{group.replace(':', '-')}.py"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(canvas)
     command = [sys.executable, str(Path(__file__).resolve()), "child", "--canvas", str(path), "--backend",
-               args.backend, "--profile", args.profile, "--budget", str(args.budget),
-               "--override", json.dumps(overrides)]
-    env = dict(os.environ, PYTHONUNBUFFERED="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+               backend, "--profile", args.profile, "--budget", str(args.budget), "--override", json.dumps(overrides)]
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     if args.data:
         env["AUTORESEARCH_DATA"] = str(Path(args.data).resolve())
     return Job(group, args.budget, index, command, REPO, env, parse_summary)
+
+
+def export_cuda_init(args, path):
+    """The cuda backend's initial weights at the profile's size, built where it trains (the GPU when there is
+    one: CUDA draws other numbers than the CPU), saved in the exchange format for --variant from-cuda-init."""
+    code = ("import sys, numpy as np, torch; sys.path.insert(0, 'bench'); from anchor_checks import load_ours; "
+            "from common.platform import get_profile; from common.tokenizer import Tokenizer; t = load_ours(); "
+            f"p = get_profile({args.profile!r}); c = t.model_config(p.depth, p.max_seq_len, Tokenizer.load().vocab_size); "
+            "m = t.build_model(c, 'cuda' if torch.cuda.is_available() else 'cpu'); "
+            f"np.savez({str(path)!r}, **t.export_weights(m))")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    if args.data:
+        env["AUTORESEARCH_DATA"] = str(Path(args.data).resolve())
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ContractError(f"Could not export the cuda backend's initial weights:\n{proc.stderr[-2000:]}")
 
 
 def child(args):
@@ -319,7 +335,7 @@ def main():
     parser.add_argument("--upstream", help="a folder with upstream's prepare.py and train.py (else fetched)")
     parser.add_argument("--no-upstream", action="store_true", help="run only our backend (and variants)")
     parser.add_argument("--variant", action="append", default=[], choices=sorted(VARIANTS),
-                        help="also run our backend with this ablation of bench/ablations.py (repeatable)")
+                        help="also run this ablation of bench/ablations.py, on its backend (repeatable)")
     parser.add_argument("--variant-repeat", type=int, default=1, help="runs of each variant")
     parser.add_argument("--extra", action="append", default=[], choices=["cuda", "jax"],
                         help="also run this backend (e.g. jax beside cuda)")
@@ -342,10 +358,11 @@ def main():
     ours = [our_job(args, args.backend, None, i + 1, out) for i in range(args.repeat)]
     jobs = [j for pair in zip(upstream_jobs or [None] * args.repeat, ours) for j in pair if j]
     for backend in args.extra:
-        other = argparse.Namespace(**{**vars(args), "backend": backend})
-        jobs += [our_job(other, backend, None, i + 1, out) for i in range(args.repeat)]
+        jobs += [our_job(args, backend, None, i + 1, out) for i in range(args.repeat)]
     for i in range(args.variant_repeat):
-        jobs += [our_job(args, f"{args.backend}:{v}", v, i + 1, out) for v in args.variant]
+        jobs += [our_job(args, VARIANTS[v].backend, v, i + 1, out) for v in args.variant]
+    if any(VARIANTS[v].cuda_init for v in args.variant):
+        export_cuda_init(args, out / "cuda_init.npz")
     gpus = [g.strip() for g in args.gpus.split(",")]
     t0 = datetime.datetime.now(datetime.timezone.utc)
     rows = run_all(jobs, gpus, out, args.deadline, timeout=2 * args.budget + 600)

@@ -53,6 +53,8 @@ def main():
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--profile", default="h100")
     args = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("bench/determinism.py measures the GPU's kernels: it needs an NVIDIA GPU.")
     from common.platform import get_profile
     profile = get_profile(args.profile)
     train = load_trainer()

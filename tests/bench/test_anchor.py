@@ -17,12 +17,13 @@ CANVAS = (REPO / "backends" / "cuda" / "train.py").read_text()
 
 
 @pytest.mark.parametrize("name", sorted(ablations.VARIANTS))
-def test_every_ablation_still_applies_to_the_canvas(name):
-    """Each variant's edits find their place exactly once in today's canvas (a canvas change that moves one
-    fails here, not on a GPU), and every variant but the profile-only one changes the text."""
+def test_every_ablation_still_applies_to_its_canvas(name):
+    """Each variant's edits find their place exactly once in today's canvas of its backend (a canvas change
+    that moves one fails here, not on a GPU), and every variant but the profile-only one changes the text."""
     variant = ablations.VARIANTS[name]
-    text = ablations.apply(variant, CANVAS)
-    assert (text != CANVAS) == bool(variant.edits)
+    canvas = (REPO / "backends" / variant.backend / "train.py").read_text()
+    text = ablations.apply(variant, canvas)
+    assert (text != canvas) == bool(variant.edits)
     compile(text, "train.py", "exec")
 
 
@@ -61,3 +62,18 @@ def test_ours_and_a_variant_side_by_side_on_the_cpu(prepared_env, tmp_path):
     assert (tmp_path / "logs.tar.gz").stat().st_size > 0
     log = (tmp_path / "logs" / "cuda_2s_1.log").read_text()
     assert "profile:            smoke@2s" in log
+
+
+@pytest.mark.slow
+def test_jax_from_the_cuda_backends_initial_weights(prepared_env, tmp_path):
+    """--variant from-cuda-init: the cuda model's initial weights are exported and the jax run starts from them
+    (on the CPU here: torch's CPU draws; on a GPU, the GPU's)."""
+    pytest.importorskip("jax")
+    out = subprocess.run([sys.executable, "bench/anchor.py", "--no-upstream", "--profile", "smoke", "--budget", "2",
+                          "--repeat", "0", "--gpus", "", "--variant", "from-cuda-init", "--out", str(tmp_path)],
+                         cwd=REPO, env=prepared_env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "| jax-from-cuda-init_2s_1 |" in (tmp_path / "anchor.md").read_text()
+    import numpy as np
+    weights = np.load(tmp_path / "cuda_init.npz")
+    assert weights["wte.weight"].shape == (8192, 128) and not weights["blocks.0.mlp.c_proj.weight"].any()
