@@ -108,7 +108,7 @@ REPEAT   ?= 3
 UPSTREAM ?=
 ANCHOR_ARGS ?=
 bench-anchor:
-	$(if $(DATA),AUTORESEARCH_DATA=$(abspath $(DATA))) PYTHONPATH=$(CURDIR) $(BENCH_PY) bench/anchor.py \
+	$(RUN_ENV) PYTHONPATH=$(CURDIR) $(BENCH_PY) bench/anchor.py \
 	  --backend $(if $(filter jax,$(RESOLVED)),jax,cuda) $(if $(PROFILE),--profile $(PROFILE)) --budget $(or $(BUDGET),60) \
 	  --repeat $(REPEAT) --gpus $(GPUS) $(if $(UPSTREAM),--upstream $(abspath $(UPSTREAM))) $(ANCHOR_ARGS)
 

@@ -25,6 +25,7 @@ upstream's mean.
 import argparse
 import dataclasses
 import datetime
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -196,6 +197,14 @@ def export_cuda_init(args, path):
         raise ContractError(f"Could not export the cuda backend's initial weights:\n{proc.stderr[-2000:]}")
 
 
+def load_canvas(path, backend="cuda"):
+    """A backend's train.py (or a variant's copy of it) as a module named <backend>_train."""
+    spec = importlib.util.spec_from_file_location(f"{backend}_train", path)
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    return train
+
+
 def child(args):
     """Runs one canvas's main() under the profile, with the budget and overrides applied (a fresh process)."""
     from common.platform import get_profile
@@ -203,10 +212,7 @@ def child(args):
     overrides = json.loads(args.override)
     if overrides:
         profile = dataclasses.replace(profile, **overrides)
-    spec = importlib.util.spec_from_file_location(f"{args.backend}_train", args.canvas)
-    train = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train)
-    run_cli(train.main, profile)
+    run_cli(load_canvas(args.canvas, args.backend).main, profile)
 
 
 def run_job(job, gpu, out, timeout):
@@ -282,10 +288,10 @@ def machine():
         smi = []
     cards = f"{len(smi)} x {smi[0]}" if smi else "no NVIDIA GPU"
     versions = []
-    for module in ("torch", "jax"):
+    for package in ("torch", "jax"):
         try:
-            versions.append(f"{module} {importlib.import_module(module).__version__}")
-        except ImportError:
+            versions.append(f"{package} {importlib.metadata.version(package)}")
+        except importlib.metadata.PackageNotFoundError:
             pass
     return f"{cards} (name, driver) | {', '.join(versions)}"
 

@@ -21,7 +21,6 @@ same window mask, "cuda" replaced by "cpu", and (numerics) Polar Express in floa
 
 import argparse
 import ast
-import importlib.util
 import math
 import os
 import sys
@@ -36,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from anchor import UPSTREAM_COMMIT, prepare_upstream, upstream_code  # noqa: E402
+from anchor import UPSTREAM_COMMIT, load_canvas, prepare_upstream, upstream_code  # noqa: E402
 from common.errors import run_cli  # noqa: E402
 
 
@@ -85,10 +84,7 @@ def load_upstream_train(code, max_seq_len, pe_dtype=torch.float64):
 
 
 def load_ours():
-    spec = importlib.util.spec_from_file_location("cuda_train", REPO / "backends" / "cuda" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_canvas(REPO / "backends" / "cuda" / "train.py")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -117,8 +113,9 @@ def metric(args):
     source = get_source(args.data)
     tokenizer = Tokenizer.load(source)
     work = Path(args.work).resolve()
-    prepare_upstream(upstream_code(args.upstream), args.data, work, 300)    # upstream's own tokenizer
-    up = load_upstream_prepare(upstream_code(args.upstream), work / "home")
+    code = upstream_code(args.upstream)
+    prepare_upstream(code, args.data, work, 300)    # upstream's own tokenizer
+    up = load_upstream_prepare(code, work / "home")
     up_tokenizer = up.Tokenizer.from_directory()
     same_tokenizer = up_tokenizer.enc._mergeable_ranks == tokenizer.enc._mergeable_ranks
     print(f"tokenizer: upstream's prepare.py and ours learn {'the same' if same_tokenizer else 'DIFFERENT'} merges")

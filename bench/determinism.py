@@ -10,7 +10,6 @@ listed instead of failing). Also the median step time of each, to price determin
 """
 
 import argparse
-import importlib.util
 import os
 import statistics
 import sys
@@ -21,15 +20,10 @@ from pathlib import Path
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")   # read when cuBLAS starts: needed for determinism
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 import torch  # noqa: E402
-
-
-def load_trainer():
-    spec = importlib.util.spec_from_file_location("cuda_train", REPO / "backends" / "cuda" / "train.py")
-    train = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train)
-    return train
+from anchor import load_canvas  # noqa: E402
 
 
 def trajectory(train, profile, steps, batches):
@@ -57,7 +51,7 @@ def main():
         sys.exit("bench/determinism.py measures the GPU's kernels: it needs an NVIDIA GPU.")
     from common.platform import get_profile
     profile = get_profile(args.profile)
-    train = load_trainer()
+    train = load_canvas(REPO / "backends" / "cuda" / "train.py")
     torch.set_float32_matmul_precision("high")
     from torch._inductor import config as inductor_config
     inductor_config.cpp.vec_isa_ok = False

@@ -9,13 +9,12 @@ with 60 s of training (BUDGET=60 / AUTORESEARCH_BUDGET=60 / --budget 60), so res
 never mix.
 """
 
-import dataclasses
 import os
 import platform as _platform
 import re
 import shutil
 import subprocess
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from common.errors import ContractError
 
@@ -95,7 +94,7 @@ def get_profile(name=None, budget=None):
     seconds = parse_budget(budget)
     if seconds == PROFILES[base].time_budget:
         return PROFILES[base]
-    return dataclasses.replace(PROFILES[base], name=f"{base}@{seconds:g}s", time_budget=seconds)
+    return replace(PROFILES[base], name=f"{base}@{seconds:g}s", time_budget=seconds)
 
 
 def parse_budget(budget):
