@@ -71,6 +71,42 @@ VARIANTS["bf16-eps"] = Variant(
     "jax RMSNorm with the input dtype's machine epsilon (7.8e-3 for bf16; torch uses float32's)", backend="jax",
     edits=(("    eps = float(jnp.finfo(jnp.float32).eps)\n", "    eps = float(jnp.finfo(x.dtype).eps)\n"),))
 
+# Upstream's Muon keeps the orthogonalised update in bf16 after Polar Express (NorMuon's scale and the LR and
+# weight decay cast to bf16 too); ours computes that tail in float32. A candidate for the 300-s gap.
+VARIANTS["bf16-muon-tail"] = Variant(
+    "Muon's update after Polar Express in bf16, LR and weight decay cast to bf16, as upstream's muon_step_fused",
+    edits=(("    g = g * (scale * norm_before / norm_after.clamp_min(1e-10))\n"
+            "    # Cautious weight decay: decay only where the update and the weight agree in sign.\n"
+            "    params.sub_(lr * g + lr * wd * params * ((g * params) >= 0))\n",
+            "    g = g.to(ortho_dtype) * (scale * norm_before / norm_after.clamp_min(1e-10)).to(ortho_dtype)\n"
+            "    lr, wd = (torch.tensor(v, device=g.device).to(ortho_dtype) for v in (lr, wd))\n"
+            "    params.sub_(lr * g + lr * wd * params * ((g * params) >= 0))\n"),))
+
+# Other initial weights (the same distributions, other draws): how far apart two seeds land.
+for seed in (43, 44):
+    VARIANTS[f"seed-{seed}"] = Variant(f"SEED = {seed} (initial weights drawn from another seed; data order unchanged)",
+                                       edits=(("SEED = 42\n", f"SEED = {seed}\n"),))
+
+# The scalar mixing weights' first gradient is rounding noise: with the blocks' output projections zero at init
+# the final RMSNorm removes whatever scale they give the residual stream, so the loss does not depend on them.
+# AdamW's first step, g / (|g| + 1e-10), turns that noise into a full step of +-lr (x0_lambdas: 0.1 -> 0.35 or
+# -0.15), its sign set by how each implementation rounds. These zero that gradient on the first step.
+VARIANTS["no-scalar-kick"] = Variant(
+    "the scalar lambdas' first gradient (rounding noise at init) zeroed, so AdamW's first step leaves them",
+    edits=(("    set_schedules(optimizer, progress, step)\n    optimizer.step()\n",
+            "    if step == 0:\n        model.x0_lambdas.grad.zero_()\n        model.resid_lambdas.grad.zero_()\n"
+            "    set_schedules(optimizer, progress, step)\n    optimizer.step()\n"),))
+JAX_NO_KICK = (("        params, opt_state = update(params, opt_state, grads, sched)\n",
+                "        if sched['momentum'] == np.float32(MUON_MOMENTUM[0]):  # the first step\n"
+                "            grads = {n: jnp.zeros_like(g) if 'lambdas' in n else g for n, g in grads.items()}\n"
+                "        params, opt_state = update(params, opt_state, grads, sched)\n"),)
+VARIANTS["jax-no-scalar-kick"] = Variant(
+    "jax with the scalar lambdas' first gradient zeroed (as cuda:no-scalar-kick)", backend="jax",
+    edits=JAX_NO_KICK)
+VARIANTS["from-cuda-init-no-scalar-kick"] = Variant(
+    "jax from the cuda backend's initial weights, the scalar lambdas' first gradient zeroed", backend="jax",
+    cuda_init=True, edits=VARIANTS["from-cuda-init"].edits + JAX_NO_KICK)
+
 
 def apply(variant, text):
     """The canvas text with the variant's edits; a ValueError names an edit that does not apply once."""

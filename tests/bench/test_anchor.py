@@ -77,3 +77,22 @@ def test_jax_from_the_cuda_backends_initial_weights(prepared_env, tmp_path):
     import numpy as np
     weights = np.load(tmp_path / "cuda_init.npz")
     assert weights["wte.weight"].shape == (8192, 128) and not weights["blocks.0.mlp.c_proj.weight"].any()
+
+
+@pytest.mark.slow
+def test_gpu_parity_runs_both_trainers_from_the_same_weights_on_the_cpu(prepared_env, tmp_path):
+    """bench/gpu_parity.py on the CPU (float32, smoke model): cuda and jax from the cuda trainer's initial
+    weights give the same first loss and gradients; jax from its own draws gives another first loss."""
+    pytest.importorskip("jax")
+    out = subprocess.run([sys.executable, "bench/gpu_parity.py", "--profile", "smoke", "--steps", "3",
+                          "--out", str(tmp_path)], cwd=REPO, env=prepared_env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    import json
+    cuda, jax, own = (json.loads((tmp_path / f"{s}.json").read_text()) for s in ("cuda", "jax", "jax-own-init"))
+    assert jax["loss0"] == pytest.approx(cuda["loss0"], rel=1e-5)
+    assert max(v for n, v in jax["grad_rel"].items() if "lambdas" not in n) < 1e-4
+    assert own["loss0"] != pytest.approx(cuda["loss0"], rel=1e-5)
+    assert len(cuda["losses"]) == len(jax["losses"]) == 3
+    table = (tmp_path / "gpu_parity.md").read_text()
+    assert "| jax-own-init |" in table and "x0_lambdas" in table
