@@ -34,7 +34,7 @@ help:
 	@echo "make run      [BACKEND=auto|cuda|jax|mlx] [PROFILE=h100|gpu|apple|cpu|smoke] [BUDGET=seconds] [DATA=folder]"
 	@echo "make setup    [BACKEND=cuda|jax|mlx|dev]   create .venv with what that backend needs"
 	@echo "make prepare  [DATA=folder] [NUM_SHARDS=10] download (or read) data, train the tokenizer"
-	@echo "make agent  [BACKEND=...] [PROPOSER=auto|offline|anthropic|openai|command] [TAG=nov26] [MAX_EXPERIMENTS=N] [AGENT_ARGS='--deadline 07:00 --confirm 2 --resume ...']   the overnight loop"
+	@echo "make agent  [BACKEND=...] [PROPOSER=auto|offline|anthropic|openai|command] [TAG=nov26] [MAX_EXPERIMENTS=N] [GPUS=0,1|all] [AGENT_ARGS='--deadline 07:00 --confirm 2 --resume ...']   the overnight loop"
 	@echo "make noise  [BACKEND=...] [NOISE_RUNS=5] [TAG=...]   the baseline's run-to-run spread (run it before the agent)"
 	@echo "make report [TAG=...]   runs/<tag>/progress.png and report.md (default: the latest run)"
 	@echo "make test                                  the whole suite, on a CPU"
@@ -65,7 +65,7 @@ run: setup
 # The exit status is pytest's, also written to .venv/pytest-exit for .ci/run (make itself exits 2).
 agent: setup $(VENV)/.installed-agent
 	@$(RUN_ENV) $(PY) -m common.prepare --num-shards $(NUM_SHARDS) --if-needed
-	$(RUN_ENV) $(PY) -m agent run --backend $(RESOLVED) --proposer $(PROPOSER) $(if $(TAG),--tag $(TAG)) $(if $(MAX_EXPERIMENTS),--max-experiments $(MAX_EXPERIMENTS)) $(AGENT_ARGS)
+	$(RUN_ENV) $(PY) -m agent run --backend $(RESOLVED) --proposer $(PROPOSER) $(if $(TAG),--tag $(TAG)) $(if $(MAX_EXPERIMENTS),--max-experiments $(MAX_EXPERIMENTS)) $(if $(filter-out file default undefined,$(origin GPUS)),--gpus $(GPUS)) $(AGENT_ARGS)
 
 noise: setup
 	@$(RUN_ENV) $(PY) -m common.prepare --num-shards $(NUM_SHARDS) --if-needed

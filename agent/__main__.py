@@ -96,6 +96,10 @@ def parser():
                      help="re-run a candidate improvement K more times; keep it on the mean")
     run.add_argument("--fix-attempts", type=int, default=2, help="times a crash goes back to the proposer for a fix")
     run.add_argument("--seed", type=int, default=0, help="the offline search's seed")
+    run.add_argument("--gpus", default=os.environ.get("GPUS") or None,
+                     help="run one experiment on each of these GPUs at once: '0,1' or 'all' (see README)")
+    run.add_argument("--workers", type=int, default=1,
+                     help="without --gpus: this many experiments at once on the CPU (smoke-size runs)")
     run.add_argument("--model", help="LLM model name (default: $ANTHROPIC_MODEL / $OPENAI_MODEL or a current model)")
     run.add_argument("--base-url", help="API base URL: any OpenAI-compatible server, e.g. http://localhost:8000/v1")
     run.add_argument("--price", help="LLM price as 'IN,OUT' USD per million tokens, for the cost column")

@@ -66,8 +66,11 @@ class Lab:
             f.write(text)
 
     def train_once(self, name, view):
-        result = train(self.root, self.canvas, self.env, self.timeout, self.folder.log_path(name),
-                       on_progress=view.line)
+        return self.check_result(train(self.root, self.canvas, self.env, self.timeout, self.folder.log_path(name),
+                                       on_progress=view.line))
+
+    def check_result(self, result):
+        """The run's result, with its summary dropped (a crash) if it reports another backend or profile."""
         s = result.summary
         if s and (s["profile"] != self.profile.name or s["backend"] != self.args.backend):
             result.summary = None
@@ -319,7 +322,14 @@ class Loop:
 
 
 def run(args):
-    return Loop(args).run()
+    from agent.executor import parse_slots
+    slots = parse_slots(getattr(args, "gpus", None), getattr(args, "workers", 1) or 1)
+    if len(slots) == 1:
+        if not slots[0].startswith("cpu"):
+            os.environ["CUDA_VISIBLE_DEVICES"] = slots[0]  # read by Lab into the runs' environment
+        return Loop(args).run()
+    from agent.parallel import ParallelLoop
+    return ParallelLoop(args, slots).run()
 
 
 def make_row(n, kind, status, description, commit, parent, result, values, proposal, started, propose_s, run_info,

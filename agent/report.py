@@ -2,6 +2,7 @@
 
 import os
 import statistics
+from datetime import datetime
 
 import matplotlib
 
@@ -66,6 +67,13 @@ def plot(rows, noise_rows, path, title):
             xs.append(r["n"])
             ys.append(best)
     ax.step(xs, ys, where="post", color="tab:green", linewidth=1.8, zorder=3, label="best so far")
+    slots = sorted({r["slot"] for r in done if r.get("slot")})
+    if len(slots) > 1:  # which worker ran each experiment: a strip of coloured ticks along the bottom
+        y = lo + 0.03 * (hi - lo)
+        for i, slot in enumerate(slots):
+            ran = [r["n"] for r in done if r.get("slot") == slot]
+            ax.scatter(ran, [y] * len(ran), marker="|", s=120, color=plt.cm.tab10(i % 10), zorder=3,
+                       label=f"ran on {'GPU ' if slot.isdigit() else ''}{slot}")
     ax.set_ylim(lo, hi)
     ax.set_xlim(-0.5, max(r["n"] for r in done) + 1.5)
     ax.set_xlabel("experiment")
@@ -130,14 +138,36 @@ def markdown(rows, noise_rows, title):
                          f"{_cell(r['description'])} |")
     else:
         lines.append("No change beat the baseline.")
-    lines += ["", "## Every experiment", "", "| n | status | val_bpb | memory GB | minutes | change |",
-              "|---:|---|---:|---:|---:|---|"]
+    lines += workers(rows)
+    lines += ["", "## Every experiment", "", "| n | status | val_bpb | memory GB | minutes | worker | change |",
+              "|---:|---|---:|---:|---:|---|---|"]
     for r in done:
         bpb = f"{r['val_bpb']:.6f}" if r.get("val_bpb") is not None else "-"
         mem = f"{r['memory_gb']:.1f}" if r.get("memory_gb") is not None else "-"
         lines.append(f"| {r['n']} | {r['status']} | {bpb} | {mem} | {r['total_seconds'] / 60:.2f} | "
-                     f"{_cell(r['description'])} |")
+                     f"{r.get('slot') or '-'} | {_cell(r['description'])} |")
     return "\n".join(lines) + "\n"
+
+
+def workers(rows):
+    """Experiments per hour in all and per worker, and each worker's idle time, over the span in which the
+    workers ran (the first experiment's start to the last one's end). Empty for a one-worker run."""
+    ran = [r for r in rows if r.get("slot") and r.get("started_at") and r.get("finished_at")]
+    if len({r["slot"] for r in ran}) < 2:
+        return []
+    when = lambda t: datetime.fromisoformat(t).timestamp()  # noqa: E731
+    start, end = min(when(r["started_at"]) for r in ran), max(when(r["finished_at"]) for r in ran)
+    hours = max(end - start, 1.0) / 3600
+    lines = ["", "## Workers", "", f"{len(ran)} experiments in {hours * 60:.1f} minutes: "
+             f"**{len(ran) / hours:.1f} per hour** in all.", "",
+             "| worker | experiments | per hour | busy minutes | idle minutes |", "|---|---:|---:|---:|---:|"]
+    for slot in sorted({r["slot"] for r in ran}):
+        mine = [r for r in ran if r["slot"] == slot]
+        busy = sum(when(r["finished_at"]) - when(r["started_at"]) for r in mine)
+        name = f"GPU {slot}" if slot.isdigit() else slot
+        lines.append(f"| {name} | {len(mine)} | {len(mine) / hours:.1f} | {busy / 60:.1f} | "
+                     f"{max(hours * 3600 - busy, 0.0) / 60:.1f} |")
+    return lines
 
 
 def _cell(text):

@@ -35,15 +35,17 @@ class RunResult:
         return f"{self.error}\n--- last lines of output ---\n" + "\n".join(self.tail[-TAIL_LINES:])
 
 
-def train(root, canvas, env, timeout, log_path, on_progress=None):
+def train(root, canvas, env, timeout, log_path, on_progress=None, on_start=None):
     """Run `python <canvas>` from the repo root; kill its whole process group past `timeout` seconds.
-    on_progress(fraction or None, line) is called for every output line."""
+    on_progress(fraction or None, line) is called for every output line; on_start(proc) once it started."""
     started = time.monotonic()
     lines = []
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, canvas], cwd=root, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
                                 errors="replace", bufsize=1, start_new_session=True)
+        if on_start:
+            on_start(proc)
 
         def pump():
             # Universal newlines turn the trainers' '\r' progress updates into lines too.

@@ -14,6 +14,7 @@ class Context:
     profile: object      # common.platform.Profile
     best: float | None   # best val_bpb so far
     noise: float | None = None  # standard deviation of val_bpb between runs of an unchanged canvas, if measured
+    in_flight: list = field(default_factory=list)  # experiments running now: {description, diff, meta} each
 
 
 @dataclass

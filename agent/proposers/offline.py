@@ -131,7 +131,8 @@ class OfflineProposer:
                              exhausted=True)
         past = [r.get("meta") or {} for r in ctx.history if r.get("proposer") == "offline" and r.get("meta")]
         kept = {id(m) for r in ctx.history for m in [r.get("meta")] if r.get("status") == "keep" and m}
-        tried = {(m["name"], m["old"], m["new"]) for m in past}
+        running = [f["meta"] for f in ctx.in_flight if f.get("meta") and "name" in f["meta"]]
+        tried = {(m["name"], m["old"], m["new"]) for m in past + running}
         fails, last_dir = {}, {}
         for m in past:
             if id(m) in kept:

@@ -31,9 +31,19 @@ def recent_diffs(history):
     return "\n\n".join(parts) or "(none)"
 
 
+def running_now(in_flight):
+    parts = []
+    for r in in_flight:
+        diff = r["diff"] if len(r["diff"]) <= DIFF_CHARS else r["diff"][:DIFF_CHARS] + "\n[... truncated]"
+        parts.append(f"### {r['description']}\n```diff\n{diff}```" if diff.strip() else f"### {r['description']}")
+    return "\n\n".join(parts)
+
+
 def user_prompt(ctx):
     best = f"{ctx.best:.6f}" if ctx.best is not None else "not measured yet"
     p = ctx.profile
+    running = (f"## Running now on other workers, from this same canvas (propose something different)\n"
+               f"{running_now(ctx.in_flight)}\n\n" if ctx.in_flight else "")
     noise = (f" Run-to-run noise of an unchanged canvas: {ctx.noise:.6f} (standard deviation); smaller differences "
              "are not evidence." if ctx.noise else "")
     return f"""Backend: {ctx.backend}. Profile: {p.name} ({p.time_budget:g} s of training per experiment, sequence \
@@ -45,7 +55,7 @@ length {p.max_seq_len}). Lower val_bpb is better. Best val_bpb so far: {best}.{n
 ## Recent changes that did not help (already reverted; do not repeat them)
 {recent_diffs(ctx.history)}
 
-## The current {ctx.canvas} (the best version so far)
+{running}## The current {ctx.canvas} (the best version so far)
 ```python
 {ctx.text}```
 

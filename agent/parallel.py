@@ -1,0 +1,280 @@
+"""The loop with several experiments at once: --gpus 0,1 (or all) puts one run on each GPU, --workers N runs N on
+a CPU. One branch of kept changes and one results table, as with one worker.
+
+The rule (also in the README):
+- every proposal starts from the current best, the branch tip, and the proposer is told what is running now;
+- a result is a candidate when it beats both the value of the commit it started from and the current best;
+- a candidate whose parent is still the best is kept: the branch moves to it;
+- a candidate whose parent was overtaken while it trained has its change applied on top of the current best
+  and re-run there before anything is kept, since two gains need not add up. Its own row has the status
+  'rebase'; the re-run's row (rerun_of) carries the verdict. A change that no longer applies is discarded
+  with that reason;
+- rows are logged as experiments end, numbered in that order; each names its worker, its slot (the GPU), its
+  parent and its start and end times.
+
+This driver alone touches git and the results. Each slot trains in its own git worktree,
+runs/<tag>/worktrees/<slot>, checked out at the commit of its current experiment.
+"""
+
+import os
+import shutil
+import socket
+import statistics
+import time
+
+from rich.console import Console
+
+from agent.executor import Job, LocalExecutor
+from agent.git import Git
+from agent.loop import MAX_INVALID_IN_A_ROW, Loop, make_row, now_iso, typical_seconds
+from agent.proposers.base import Context, NoProposal
+from agent.view import PlainView, State
+from common.errors import ContractError
+
+
+class ParallelLoop(Loop):
+    def __init__(self, args, slots):
+        super().__init__(args)
+        self.slots = slots
+        self.gpu = not slots[0].startswith("cpu")
+        self.reruns = []      # prepared jobs (fixes, re-runs on a new best) that go before any new proposal
+        self.jobs = 0         # names the runs' logs: j001, j002, ...
+        self.stop_reason = None
+
+    # -- set-up ---------------------------------------------------------------------------------------------
+
+    def worktree(self, slot):
+        return os.path.join(self.folder.path, "worktrees", slot)
+
+    def make_worktrees(self):
+        self.git.run("worktree", "prune")
+        for slot in self.slots:
+            path = self.worktree(slot)
+            if os.path.exists(path):
+                self.git.run("worktree", "remove", "--force", path, check=False)
+                shutil.rmtree(path, ignore_errors=True)
+                self.git.run("worktree", "prune")
+            self.git.run("worktree", "add", "-q", "--detach", path, self.tip)
+
+    def run(self):
+        self.setup()
+        args, p = self.args, self.lab.profile
+        where = f"GPUs {','.join(self.slots)}" if self.gpu else f"{len(self.slots)} CPU workers"
+        title = (f"autoresearch {self.branch} | backend {args.backend} | profile {p.name} ({p.time_budget:g} s) | "
+                 f"proposer {self.proposer.name} | {where}")
+        self.view = PlainView(State(title, p.time_budget, args.max_experiments), Console())
+        with self.view:
+            self.view.s.best = self.best
+            if self.rows:
+                self.view.message(f"resuming: {len(self.rows)} rows in {self.folder.jsonl}, best val_bpb {self.best}")
+            executor = None
+            try:
+                if self.best is None:
+                    self.baseline()
+                self.make_worktrees()
+                executor = LocalExecutor(self.slots, self.canvas, self.lab.env, self.lab.timeout, self.folder)
+                self.schedule(executor)
+            except KeyboardInterrupt:
+                self.stop(executor)
+                self.view.message(f"stopped. Nothing logged is lost; continue with: python -m agent --backend "
+                                  f"{args.backend} --tag {args.tag} --resume {self.where_args()}")
+                raise
+            except BaseException:
+                self.stop(executor)
+                raise
+        return self.rows
+
+    def where_args(self):
+        return f"--gpus {','.join(self.slots)}" if self.gpu else f"--workers {len(self.slots)}"
+
+    def stop(self, executor):
+        if executor:
+            executor.close()
+        self.git.reset_hard(self.tip)
+
+    # -- scheduling -----------------------------------------------------------------------------------------
+
+    def schedule(self, ex):
+        invalid_in_a_row, exhausted = 0, False
+        while True:
+            while ex.free() and (self.reruns or (not exhausted and self.may_start(len(ex.running)))):
+                job = self.next_job(ex)
+                if job == "exhausted":
+                    exhausted = True
+                elif job is None:
+                    invalid_in_a_row += 1
+                    if invalid_in_a_row >= MAX_INVALID_IN_A_ROW:
+                        raise ContractError(
+                            f"The {self.proposer.name} proposer failed {invalid_in_a_row} times in a row to give an "
+                            f"applicable edit; the last error: {self.rows[-1]['description']} Check the model and "
+                            "program.md, then resume with --resume.")
+                else:
+                    invalid_in_a_row = 0
+                    job.slot = ex.free()[0]
+                    self.checkout(job)
+                    self.view.message(f"[{job.slot}] start {job.name}: {job.description}")
+                    ex.submit(job)
+            if not ex.running:
+                if self.stop_reason:
+                    self.view.message(f"done: {self.stop_reason}")
+                return
+            self.judge(*ex.wait())
+
+    def may_start(self, in_flight):
+        """Whether a new proposal may start now (re-runs of started experiments always may)."""
+        args = self.args
+        done = sum(1 for r in self.rows if r.get("kind") == "experiment" and r["status"] not in ("invalid", "rebase"))
+        if args.max_experiments is not None and done + in_flight + len(self.reruns) >= args.max_experiments:
+            self.stop_reason = f"{args.max_experiments} experiments (--max-experiments)"
+            return False
+        if args.deadline is not None and time.time() + typical_seconds(self.rows) > args.deadline:
+            self.stop_reason = "the next experiment would end past the deadline"
+            return False
+        return True
+
+    def in_flight(self, ex):
+        jobs = list(ex.running.values()) + self.reruns
+        return [{"description": j.description, "diff": j.diff, "meta": j.proposal.meta} for j in jobs]
+
+    def context(self, ex=None, text=None):
+        return Context(self.lab.root, self.canvas, self.lab.read_canvas() if text is None else text, self.rows,
+                       self.program, self.args.backend, self.lab.profile, self.best, self.noise,
+                       in_flight=self.in_flight(ex) if ex else [])
+
+    def next_job(self, ex):
+        """The next job: a prepared re-run, else a new proposal from the current best. 'exhausted' when the
+        proposer has nothing left, None (after logging an 'invalid' row) when it gave nothing applicable."""
+        if self.reruns:
+            return self.reruns.pop(0)
+        started = time.monotonic()
+        ctx = self.context(ex)
+        try:
+            proposal = self.proposer.propose(ctx)
+            text = proposal.text if proposal.text is not None else self.lab.read_canvas()
+            self.git.run("checkout", "-q", self.tip, "--", self.canvas)  # a command proposer edits in place
+            if text == ctx.text:
+                raise NoProposal("The proposal leaves the canvas unchanged.")
+        except NoProposal as e:
+            if e.exhausted:
+                self.stop_reason = str(e)
+                return "exhausted"
+            self.git.reset_hard(self.tip)
+            n = len(self.rows)
+            self.record({"n": n, "kind": "experiment", "status": "invalid", "description": str(e)[:300],
+                         "commit": None, "val_bpb": None, "proposer": self.proposer.name, "tokens_in": e.tokens_in,
+                         "tokens_out": e.tokens_out, "cost_usd": e.cost_usd, "finished_at": now_iso()})
+            self.view.message(f"[{n:03d}] no valid proposal: {e}")
+            return None
+        self.jobs += 1
+        name = f"j{self.jobs:03d}"
+        self.save_transcript(name, proposal)
+        return Job(name=name, workdir="", commit="", parent=self.tip, parent_value=self.best,
+                   description=proposal.description, proposal=proposal, diff="", threshold=self.best,
+                   confirm=self.args.confirm, started=started, started_at=now_iso(),
+                   propose_seconds=time.monotonic() - started, text=text)
+
+    def checkout(self, job):
+        """Commit the job's canvas on top of its parent in its slot's worktree (a detached commit)."""
+        job.workdir = self.worktree(job.slot)
+        wt = Git(job.workdir)
+        wt.run("checkout", "-q", "--force", "--detach", job.parent)
+        with open(os.path.join(job.workdir, self.canvas), "w") as f:
+            f.write(job.text)
+        job.commit = wt.commit_file(self.canvas, job.description)
+        job.diff = self.git.diff(job.parent, job.commit, self.canvas)
+        if not job.started:
+            job.started, job.started_at = time.monotonic(), now_iso()
+
+    # -- judging --------------------------------------------------------------------------------------------
+
+    def changed_fixed(self, job):
+        """Fixed files the run changed in its worktree (restored there); their names."""
+        wt = Git(job.workdir)
+        now = wt.checksums(skip=self.canvas)
+        changed = sorted(p for p in self.fixed if now.get(p) != self.fixed[p])
+        if changed:
+            wt.run("checkout", "-q", job.commit, "--", *changed)
+        return changed
+
+    def judge(self, job, result, values):
+        bad = self.changed_fixed(job)
+        if bad and not result.crashed:
+            result.summary, values = None, []
+            result.error = f"The run changed fixed files ({', '.join(bad)}); they were restored."
+        result = self.lab.check_result(result)
+        if result.crashed and job.fixes < self.args.fix_attempts and self.fix(job, result):
+            return
+        n = len(self.rows)
+        value = statistics.fmean(values) if values else None
+        if result.crashed:
+            status = "crash"
+        elif value < job.parent_value and value < self.best:
+            status = "keep" if job.parent == self.tip else "rebase"
+        else:
+            status = "discard"
+        diff_files = [self.folder.save_diff(f"{n:03d}", job.diff)]
+        row = make_row(n, "experiment", status, job.description, job.commit, job.parent, result, values, job.proposal,
+                       job.started, job.propose_seconds, self.info, diff=job.diff, diff_files=diff_files, fixes=job.fixes)
+        row.update(worker=self.slots.index(job.slot), slot=job.slot, gpu=job.slot if self.gpu else None,
+                   node=socket.gethostname(), started_at=job.started_at, log=f"logs/{job.name}.log",
+                   rerun_of=job.rerun_of)
+        if status == "rebase" and not self.rebase(job, n):
+            row["status"] = status = "discard"
+            row["error"] = (f"Its change no longer applies to the current best ({self.tip[:7]}), which moved while "
+                            "it trained; dropped.")
+        self.record(row)  # the log first: a kill between the two steps is repaired by --resume
+        if status == "keep":
+            self.git.reset_hard(job.commit)
+            self.tip, self.best = job.commit, value
+        self.view.finish(row, self.best)
+
+    def fix(self, job, result):
+        """Ask the proposer to fix a crash; queue the fixed canvas from the same parent. False if no fix."""
+        ctx = self.context(text=job.text)
+        fix = self.proposer.fix(ctx, job.proposal, result.feedback())
+        if fix is None:
+            return False
+        text = fix.text if fix.text is not None else self.lab.read_canvas()
+        self.git.run("checkout", "-q", self.tip, "--", self.canvas)
+        if text == self.git.show(job.parent, self.canvas):
+            return False
+        self.jobs += 1
+        self.save_transcript(f"j{self.jobs:03d}-fix", fix)
+        job.proposal.tokens_in += fix.tokens_in
+        job.proposal.tokens_out += fix.tokens_out
+        self.reruns.insert(0, Job(**{**job.__dict__, "name": f"j{self.jobs:03d}", "text": text, "slot": None,
+                                     "fixes": job.fixes + 1}))
+        return True
+
+    def rebase(self, job, n):
+        """Queue the job's change applied on the current best, to be re-run there. False if it does not apply."""
+        new = apply_change(self.git, job.parent, job.commit, self.tip, self.canvas)
+        if new is None:
+            return False
+        self.jobs += 1
+        self.reruns.append(Job(
+            name=f"j{self.jobs:03d}", workdir="", commit="", parent=self.tip, parent_value=self.best,
+            description=f"{job.description} (re-run of {n} on {self.tip[:7]})", proposal=job.proposal, diff="",
+            threshold=self.best, confirm=self.args.confirm, rerun_of=n, text=new))
+        return True
+
+
+def apply_change(git, parent, commit, base, path):
+    """The text of `path` at commit `base` with the change parent -> commit applied, or None when it does not
+    apply: first as a patch with context (found even where lines moved), then without context for changes
+    next to lines the new best changed too (one constant edit beside another)."""
+    import subprocess
+    import tempfile
+    for context in ("3", "0"):
+        diff = git.run("diff", f"-U{context}", parent, commit, "--", path) + "\n"
+        with tempfile.TemporaryDirectory() as tmp:
+            target = os.path.join(tmp, path)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with open(target, "w") as f:
+                f.write(git.show(base, path))
+            out = subprocess.run(["git", "apply", "--whitespace=nowarn", *(["--unidiff-zero"] if context == "0" else []),
+                                  "-"], cwd=tmp, input=diff, text=True, capture_output=True)
+            if out.returncode == 0:
+                with open(target) as f:
+                    return f.read()
+    return None

@@ -1,0 +1,128 @@
+"""Several experiments at once (--workers N on the CPU; --gpus on a GPU host): real processes, fixture canvas."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime
+
+import pytest
+from agentkit import ScriptedLLM, agent_argv, check_consistent, edit, git, rows, run_agent
+
+from agent.__main__ import main
+from agent.executor import parse_slots
+from common.errors import ContractError
+
+CANVAS = "backends/fixture/train.py"
+
+
+def overlapping(a, b):
+    start = lambda r: datetime.fromisoformat(r["started_at"])  # noqa: E731
+    end = lambda r: datetime.fromisoformat(r["finished_at"])  # noqa: E731
+    return start(a) < end(b) and start(b) < end(a)
+
+
+def check_kept_chain(repo, rs):
+    """Each kept experiment starts from the one kept before it: the branch is a line of kept changes."""
+    kept = [r for r in rs if r["status"] == "keep"]
+    for before, after in zip(kept, kept[1:]):
+        assert after["parent"] == before["commit"]
+        assert git(repo, "rev-parse", f"{after['commit']}^") == before["commit"]
+
+
+def test_two_workers_offline(repo, monkeypatch):
+    monkeypatch.setenv("FIXTURE_SECONDS", "1.0")
+    main(agent_argv(repo, "--proposer", "offline", "--workers", "2", "--max-experiments", "6"))
+    rs = check_consistent(repo)
+    experiments = [r for r in rs if r["kind"] == "experiment"]
+    assert len([r for r in experiments if r["status"] != "rebase"]) == 6
+    assert {r["worker"] for r in experiments} == {0, 1} and {r["slot"] for r in experiments} == {"cpu0", "cpu1"}
+    assert all(r["gpu"] is None and r["node"] and r["parent"] for r in experiments)
+    check_kept_chain(repo, rs)
+    # runs in flight at the same time were different changes, and some did run at the same time
+    pairs = [(a, b) for i, a in enumerate(experiments) for b in experiments[i + 1:] if overlapping(a, b)]
+    assert pairs and all(a["description"] != b["description"] for a, b in pairs)
+    # each run's log is named in its row; each worker trained in its own worktree, at its last commit
+    assert all((repo / "runs/t1" / r["log"]).exists() for r in experiments)
+    worktrees = git(repo, "worktree", "list")
+    assert "runs/t1/worktrees/cpu0" in worktrees and "runs/t1/worktrees/cpu1" in worktrees
+    last_kept = [r for r in rs if r["status"] == "keep"][-1]["commit"]
+    assert git(repo, "rev-parse", "HEAD") == last_kept
+    # the report counts experiments per hour in all and per worker, and each worker's idle time
+    main(["report", "--repo", str(repo), "--tag", "t1"])
+    report = (repo / "runs/t1/report.md").read_text()
+    assert "## Workers" in report and "per hour** in all" in report
+    for slot in ("cpu0", "cpu1"):
+        line = next(line for line in report.splitlines() if line.startswith(f"| {slot} |"))
+        assert int(line.split("|")[2]) == sum(1 for r in experiments if r["slot"] == slot)
+    assert (repo / "runs/t1/progress.png").stat().st_size > 10_000
+
+
+def test_a_gain_whose_parent_was_overtaken_is_reapplied_on_the_new_best_and_rerun(repo, monkeypatch):
+    """The first proposal (a large gain, but slow to train) starts beside a second (a small gain, fast). The
+    second is kept first; the first then beats the new best from the old parent, so its change is applied
+    on top of the new best and re-run there, and kept on that run's result. The proposer is told what runs."""
+    monkeypatch.setenv("FIXTURE_SECONDS", "1.0")
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    slow_big = (edit("LR 0.02 -> 0.04 (slow)", "LR = 0.02", "LR = 0.04")
+                + edit("", "        time.sleep(seconds / steps)", "        time.sleep(4 * seconds / steps)")
+                .split("\n", 1)[1])
+    replies = [slow_big,
+               edit("WARMDOWN_RATIO 0.2 -> 0.6", "WARMDOWN_RATIO = 0.2", "WARMDOWN_RATIO = 0.6"),
+               edit("BETA2 0.9 -> 0.95", "BETA2 = 0.9", "BETA2 = 0.95")]
+    with ScriptedLLM(replies) as llm:
+        main(agent_argv(repo, "--proposer", "openai", "--base-url", llm.url + "/v1", "--model", "scripted",
+                        "--workers", "2", "--max-experiments", "3"))
+    assert llm.replies == []
+    rs = check_consistent(repo)
+    by = {r["description"]: r for r in rs}
+    moved = by["LR 0.02 -> 0.04 (slow)"]
+    rerun = [r for r in rs if r.get("rerun_of") == moved["n"]]
+    assert moved["status"] == "rebase" and moved["parent"] == rs[0]["commit"]
+    assert by["WARMDOWN_RATIO 0.2 -> 0.6"]["status"] == "keep"
+    assert len(rerun) == 1 and rerun[0]["status"] == "keep" and rerun[0]["parent"] != moved["parent"]
+    assert rerun[0]["val_bpb"] < moved["val_bpb"]  # the two gains, together
+    check_kept_chain(repo, rs)
+    canvas = (repo / CANVAS).read_text()
+    assert "LR = 0.04" in canvas and "WARMDOWN_RATIO = 0.6" in canvas and "BETA2 = 0.95" in canvas
+    # the third request was made while the slow change was still training, and says so
+    third = llm.requests[2]["body"]["messages"][1]["content"]
+    assert "Running now on other workers" in third and "LR 0.02 -> 0.04 (slow)" in third
+
+
+def test_a_killed_driver_with_two_busy_workers_resumes_without_losing_a_row(repo):
+    env = dict(os.environ, FIXTURE_SECONDS="3.0")
+    for key in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY"):
+        env.pop(key, None)
+    argv = [sys.executable, "-m", "agent", *agent_argv(repo, "--proposer", "offline", "--workers", "2",
+                                                       "--max-experiments", "6")]
+    proc = subprocess.Popen(argv, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    jsonl = repo / "runs/t1/results.jsonl"
+    deadline = time.monotonic() + 60
+    while not (jsonl.exists() and len(jsonl.read_text().splitlines()) >= 2):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    time.sleep(1.0)  # both workers are training now
+    logged = len(rows(repo))
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and "--resume" in out and "--workers 2" in out, (out, err)
+    assert len(rows(repo)) == logged
+    check_consistent(repo)
+
+    run_agent(repo, *agent_argv(repo, "--proposer", "offline", "--workers", "2", "--max-experiments", "6"),
+              "--resume", env={"FIXTURE_SECONDS": "0.5"})
+    rs = check_consistent(repo)
+    assert [r["n"] for r in rs] == list(range(len(rs)))
+    assert len([r for r in rs if r["kind"] == "experiment" and r["status"] != "rebase"]) == 6
+    check_kept_chain(repo, rs)
+
+
+def test_gpus_and_workers_are_checked():
+    assert parse_slots("0,1", 1) == ["0", "1"] and parse_slots(None, 3) == ["cpu0", "cpu1", "cpu2"]
+    for bad in ("0,0", "a,b", ","):
+        with pytest.raises(ContractError, match="--gpus"):
+            parse_slots(bad, 1)
+    with pytest.raises(ContractError, match="--workers"):
+        parse_slots(None, 0)
