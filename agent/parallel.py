@@ -97,10 +97,11 @@ class ParallelLoop(Loop):
     def schedule(self, ex):
         invalid_in_a_row, exhausted = 0, False
         while True:
-            while ex.free() and (self.reruns or (not exhausted and self.may_start(len(ex.running)))):
+            waiting = False  # the proposer has nothing new beside what runs: ask again once something ends
+            while ex.free() and (self.reruns or (not exhausted and not waiting and self.may_start(len(ex.running)))):
                 job = self.next_job(ex)
                 if job == "exhausted":
-                    exhausted = True
+                    exhausted, waiting = not ex.running, bool(ex.running)
                 elif job is None:
                     invalid_in_a_row += 1
                     if invalid_in_a_row >= MAX_INVALID_IN_A_ROW:

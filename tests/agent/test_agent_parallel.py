@@ -126,3 +126,21 @@ def test_gpus_and_workers_are_checked():
             parse_slots(bad, 1)
     with pytest.raises(ContractError, match="--workers"):
         parse_slots(None, 0)
+
+
+def test_the_offline_search_waits_for_runs_in_flight_when_it_has_nothing_else_to_try(repo, monkeypatch):
+    """With DEPTH its only constant, the offline search has two moves from the baseline: both go to the two
+    workers. DEPTH 2 trains faster here and is discarded while DEPTH 4 still runs, so a worker is free and
+    the search has nothing left. It must wait, not stop: the kept DEPTH 4 opens new moves from the new best."""
+    monkeypatch.setenv("FIXTURE_SECONDS", "1.0")
+    canvas = (repo / CANVAS).read_text()
+    for name, value in (("LR", "0.02"), ("WARMDOWN_RATIO", "0.2"), ("BETA2", "0.9"), ("WEIGHT_DECAY", "0.1"),
+                        ("BATCH", "2**4")):
+        canvas = canvas.replace(f"\n{name} = {value}\n", f"\n{name} = eval('{value}')\n")
+    canvas = canvas.replace("time.sleep(seconds / steps)", "time.sleep(seconds * DEPTH / 3 / steps)")
+    (repo / CANVAS).write_text(canvas)
+    git(repo, "commit", "-qam", "only DEPTH is a constant, and deeper is slower")
+    main(agent_argv(repo, "--proposer", "offline", "--workers", "2", "--max-experiments", "4"))
+    rs = check_consistent(repo)
+    assert [r["description"] for r in rs[1:3]] in (["DEPTH 3 -> 4", "DEPTH 3 -> 2"], ["DEPTH 3 -> 2", "DEPTH 3 -> 4"])
+    assert len([r for r in rs if r["kind"] == "experiment"]) == 4 and "DEPTH 4 -> 5" in {r["description"] for r in rs}
