@@ -99,7 +99,12 @@ def parser():
     run.add_argument("--gpus", default=os.environ.get("GPUS") or None,
                      help="run one experiment on each of these GPUs at once: '0,1' or 'all' (see README)")
     run.add_argument("--workers", type=int, default=1,
-                     help="without --gpus: this many experiments at once on the CPU (smoke-size runs)")
+                     help="without --gpus: this many experiments at once on the CPU (smoke-size runs); with "
+                     "--cluster ray on a cluster without GPUs: this many tasks at once")
+    run.add_argument("--cluster", choices=("local", "ray"), default="local",
+                     help="local: subprocesses on this host; ray: one Ray task per experiment, on any node")
+    run.add_argument("--ray-address", default="auto", help="for --cluster ray: auto (on a node of the cluster) "
+                     "or ray://HEAD:10001")
     run.add_argument("--model", help="LLM model name (default: $ANTHROPIC_MODEL / $OPENAI_MODEL or a current model)")
     run.add_argument("--base-url", help="API base URL: any OpenAI-compatible server, e.g. http://localhost:8000/v1")
     run.add_argument("--price", help="LLM price as 'IN,OUT' USD per million tokens, for the cost column")

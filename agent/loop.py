@@ -322,6 +322,9 @@ class Loop:
 
 
 def run(args):
+    if getattr(args, "cluster", "local") == "ray":
+        from agent.parallel import ParallelLoop
+        return ParallelLoop(args).run()
     from agent.executor import parse_slots
     slots = parse_slots(getattr(args, "gpus", None), getattr(args, "workers", 1) or 1)
     if len(slots) == 1:

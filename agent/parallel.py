@@ -18,7 +18,6 @@ runs/<tag>/worktrees/<slot>, checked out at the commit of its current experiment
 
 import os
 import shutil
-import socket
 import statistics
 import time
 
@@ -33,10 +32,11 @@ from common.errors import ContractError
 
 
 class ParallelLoop(Loop):
-    def __init__(self, args, slots):
+    def __init__(self, args, slots=None):
+        """slots: GPU indices or CPU workers for the local executor; None for --cluster ray (its resources)."""
         super().__init__(args)
         self.slots = slots
-        self.gpu = not slots[0].startswith("cpu")
+        self.gpu = bool(slots) and not slots[0].startswith("cpu")
         self.reruns = []      # prepared jobs (fixes, re-runs on a new best) that go before any new proposal
         self.jobs = 0         # names the runs' logs: j001, j002, ...
         self.stop_reason = None
@@ -59,7 +59,13 @@ class ParallelLoop(Loop):
     def run(self):
         self.setup()
         args, p = self.args, self.lab.profile
-        where = f"GPUs {','.join(self.slots)}" if self.gpu else f"{len(self.slots)} CPU workers"
+        executor = self.make_executor()
+        if self.slots is None:
+            where = f"Ray at {args.ray_address}: " + (f"{len(executor.slots)} GPUs" if executor.gpu
+                                                         else f"{len(executor.slots)} CPU tasks")
+            self.slots, self.gpu = executor.slots, executor.gpu
+        else:
+            where = f"GPUs {','.join(self.slots)}" if self.gpu else f"{len(self.slots)} CPU workers"
         title = (f"autoresearch {self.branch} | backend {args.backend} | profile {p.name} ({p.time_budget:g} s) | "
                  f"proposer {self.proposer.name} | {where}")
         self.view = PlainView(State(title, p.time_budget, args.max_experiments), Console())
@@ -67,12 +73,10 @@ class ParallelLoop(Loop):
             self.view.s.best = self.best
             if self.rows:
                 self.view.message(f"resuming: {len(self.rows)} rows in {self.folder.jsonl}, best val_bpb {self.best}")
-            executor = None
             try:
-                if self.best is None:
-                    self.baseline()
                 self.make_worktrees()
-                executor = LocalExecutor(self.slots, self.canvas, self.lab.env, self.lab.timeout, self.folder)
+                if self.best is None:
+                    self.baseline_on(executor)
                 self.schedule(executor)
             except KeyboardInterrupt:
                 self.stop(executor)
@@ -84,13 +88,54 @@ class ParallelLoop(Loop):
                 raise
         return self.rows
 
+    def make_executor(self):
+        lab = self.lab
+        if getattr(self.args, "cluster", "local") == "ray":
+            from agent.executor import RayExecutor
+            package = self.worktree("package")  # the project as committed, shipped to every node once
+            self.git.run("worktree", "remove", "--force", package, check=False)
+            shutil.rmtree(package, ignore_errors=True)
+            self.git.run("worktree", "prune")
+            self.git.run("worktree", "add", "-q", "--detach", package, self.tip)
+            return RayExecutor(self.args.ray_address, self.args.workers, package, self.canvas, lab.env,
+                               lab.timeout, self.folder, lab.data)
+        return LocalExecutor(self.slots, self.canvas, lab.env, lab.timeout, self.folder)
+
     def where_args(self):
+        if getattr(self.args, "cluster", "local") == "ray":
+            return f"--cluster ray --ray-address {self.args.ray_address}"
         return f"--gpus {','.join(self.slots)}" if self.gpu else f"--workers {len(self.slots)}"
 
     def stop(self, executor):
-        if executor:
-            executor.close()
+        executor.close()
         self.git.reset_hard(self.tip)
+
+    def baseline_on(self, ex):
+        """The unchanged canvas, trained where the experiments train (with --confirm K, K more times)."""
+        slot = ex.free()[0]
+        Git(self.worktree(slot)).run("checkout", "-q", "--force", "--detach", self.tip)
+        job = Job(name="000", workdir=self.worktree(slot), commit=self.tip, parent=self.tip,
+                  parent_value=float("inf"), description="baseline", proposal=None, diff="",
+                  threshold=float("inf"), confirm=self.args.confirm, slot=slot, started=time.monotonic(),
+                  started_at=now_iso(), text=self.lab.read_canvas())
+        self.view.message(f"[{slot}] baseline ...")
+        for attempt in range(3):
+            ex.submit(job)
+            job, result, values = ex.wait()
+            if result is not None:
+                break
+            self.view.message(f"[{slot}] the baseline lost its worker ({job.infra_error}); again")
+        if result is None or result.crashed:
+            why = result.error if result else job.infra_error
+            raise ContractError(f"The baseline run of {self.canvas} failed, so there is nothing to improve on. "
+                                f"{why} The log is {self.folder.log_path('000')}.")
+        self.best = statistics.fmean(values)
+        row = make_row(0, "baseline", "keep", "baseline", self.tip, None, result, values, None, job.started, 0.0,
+                       self.info)
+        row.update(worker=self.slots.index(slot), slot=slot, gpu=job.gpu, node=job.node, started_at=job.started_at,
+                   log="logs/000.log")
+        self.record(row)
+        self.view.finish(row, self.best)
 
     # -- scheduling -----------------------------------------------------------------------------------------
 
@@ -119,7 +164,13 @@ class ParallelLoop(Loop):
                 if self.stop_reason:
                     self.view.message(f"done: {self.stop_reason}")
                 return
-            self.judge(*ex.wait())
+            job, result, values = ex.wait()
+            if result is None:  # the infrastructure failed, not the idea: run it again
+                self.view.message(f"[{job.slot}] {job.name} lost its worker ({job.infra_error}); queued again")
+                job.slot, job.infra_error = None, None
+                self.reruns.insert(0, job)
+                continue
+            self.judge(job, result, values)
 
     def may_start(self, in_flight):
         """Whether a new proposal may start now (re-runs of started experiments always may)."""
@@ -216,9 +267,8 @@ class ParallelLoop(Loop):
         diff_files = [self.folder.save_diff(f"{n:03d}", job.diff)]
         row = make_row(n, "experiment", status, job.description, job.commit, job.parent, result, values, job.proposal,
                        job.started, job.propose_seconds, self.info, diff=job.diff, diff_files=diff_files, fixes=job.fixes)
-        row.update(worker=self.slots.index(job.slot), slot=job.slot, gpu=job.slot if self.gpu else None,
-                   node=socket.gethostname(), started_at=job.started_at, log=f"logs/{job.name}.log",
-                   rerun_of=job.rerun_of)
+        row.update(worker=self.slots.index(job.slot), slot=job.slot, gpu=job.gpu, node=job.node,
+                   started_at=job.started_at, log=f"logs/{job.name}.log", rerun_of=job.rerun_of)
         if status == "rebase" and not self.rebase(job, n):
             row["status"] = status = "discard"
             row["error"] = (f"Its change no longer applies to the current best ({self.tip[:7]}), which moved while "

@@ -55,7 +55,7 @@ def test_two_workers_offline(repo, monkeypatch):
     assert "## Workers" in report and "per hour** in all" in report
     for slot in ("cpu0", "cpu1"):
         line = next(line for line in report.splitlines() if line.startswith(f"| {slot} |"))
-        assert int(line.split("|")[2]) == sum(1 for r in experiments if r["slot"] == slot)
+        assert int(line.split("|")[2]) == sum(1 for r in rs if r.get("slot") == slot)  # the baseline too
     assert (repo / "runs/t1/progress.png").stat().st_size > 10_000
 
 
