@@ -46,15 +46,15 @@ class ParallelLoop(Loop):
     def worktree(self, slot):
         return os.path.join(self.folder.path, "worktrees", slot)
 
-    def make_worktrees(self):
+    def fresh_worktree(self, name):
+        """runs/<tag>/worktrees/<name>, checked out anew at the branch tip (an old one, e.g. from before a
+        kill, is removed first)."""
+        path = self.worktree(name)
+        self.git.run("worktree", "remove", "--force", path, check=False)
+        shutil.rmtree(path, ignore_errors=True)
         self.git.run("worktree", "prune")
-        for slot in self.slots:
-            path = self.worktree(slot)
-            if os.path.exists(path):
-                self.git.run("worktree", "remove", "--force", path, check=False)
-                shutil.rmtree(path, ignore_errors=True)
-                self.git.run("worktree", "prune")
-            self.git.run("worktree", "add", "-q", "--detach", path, self.tip)
+        self.git.run("worktree", "add", "-q", "--detach", path, self.tip)
+        return path
 
     def run(self):
         self.setup()
@@ -74,7 +74,8 @@ class ParallelLoop(Loop):
             if self.rows:
                 self.view.message(f"resuming: {len(self.rows)} rows in {self.folder.jsonl}, best val_bpb {self.best}")
             try:
-                self.make_worktrees()
+                for slot in self.slots:
+                    self.fresh_worktree(slot)
                 if self.best is None:
                     self.baseline_on(executor)
                 self.schedule(executor)
@@ -92,11 +93,7 @@ class ParallelLoop(Loop):
         lab = self.lab
         if getattr(self.args, "cluster", "local") == "ray":
             from agent.executor import RayExecutor
-            package = self.worktree("package")  # the project as committed, shipped to every node once
-            self.git.run("worktree", "remove", "--force", package, check=False)
-            shutil.rmtree(package, ignore_errors=True)
-            self.git.run("worktree", "prune")
-            self.git.run("worktree", "add", "-q", "--detach", package, self.tip)
+            package = self.fresh_worktree("package")  # the project as committed, shipped to every node once
             return RayExecutor(self.args.ray_address, self.args.workers, package, self.canvas, lab.env,
                                lab.timeout, self.folder, lab.data)
         return LocalExecutor(self.slots, self.canvas, lab.env, lab.timeout, self.folder)
