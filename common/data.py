@@ -101,7 +101,7 @@ class DataSource:
         parquet files are readable and have a `text` column. Hashes are recomputed when a file's size or
         mtime changed, or always with full=True. Raises ContractError naming the file and the fix."""
         manifest = self.read_manifest()
-        changed = False
+        changed, skipped, replaced = False, {}, {}
         for path in self.files:
             key = str(path.relative_to(self.root))
             stat = path.stat()
@@ -109,7 +109,13 @@ class DataSource:
             if entry is None:
                 if self.remote:
                     raise ContractError(self._corrupt_message(path, "it has no download record"))
-                manifest[key] = {"sha256": sha256_file(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+                if path.suffix == ".parquet":
+                    check_parquet(path)
+                empty, bad_chars = unusable(path)
+                manifest[key] = {"sha256": sha256_file(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                                 "skipped_documents": empty, "replaced_characters": bad_chars}
+                skipped.update({path.name: empty} if empty else {})
+                replaced.update({path.name: bad_chars} if bad_chars else {})
                 changed = True
                 continue
             if entry["size"] == stat.st_size and entry["mtime_ns"] == stat.st_mtime_ns and not full:
@@ -121,6 +127,11 @@ class DataSource:
         for path in self.files:     # before the manifest is written: an unreadable file is never recorded
             if path.suffix == ".parquet":
                 check_parquet(path)
+        if skipped:  # said once, when the files are first recorded
+            print(f"Data: skipping {sum(skipped.values())} documents with a null or empty `text` ("
+                  + ", ".join(f"{name}: {n}" for name, n in skipped.items()) + ")", flush=True)
+        for name, n in replaced.items():
+            print(f"Data: {name} is not valid UTF-8: {n} undecodable byte sequence(s) read as U+FFFD", flush=True)
         if changed:
             self.write_manifest(manifest)
 
@@ -166,18 +177,41 @@ def check_parquet(path):
             "the data to .txt/.jsonl files.")
 
 
+def unusable(path):
+    """(documents with a null or empty text, undecodable byte sequences) of a data file: what read_unit leaves
+    out or replaces, for verify() to report once."""
+    if path.suffix == ".parquet":
+        column = pq.read_table(path, columns=["text"]).column("text")
+        return column.null_count + sum(1 for v in column.to_pylist() if v == ""), 0
+    data = Path(path).read_bytes()
+    bad = len(data.decode("utf-8", errors="replace")) - len(data.decode("utf-8", errors="ignore"))
+    if path.suffix == ".jsonl":
+        return sum(1 for line in data.decode("utf-8", errors="replace").splitlines()
+                   if line.strip() and _jsonl_text(line) in (None, "")), bad
+    return 0, bad
+
+
+def _jsonl_text(line):
+    try:
+        return json.loads(line).get("text")
+    except (ValueError, AttributeError):
+        return "not checked here"  # read_unit names a malformed line
+
+
 def read_unit(path, row_group=None):
-    """The document strings of one parquet row group, or of one whole .txt/.jsonl file."""
+    """The document strings of one parquet row group, or of one whole .txt/.jsonl file. Null and empty
+    documents are left out (verify() reports how many); text that is not UTF-8 is decoded with U+FFFD."""
     if path.suffix == ".parquet":
         try:
-            return pq.ParquetFile(path).read_row_group(row_group, columns=["text"]).column("text").to_pylist()
+            docs = pq.ParquetFile(path).read_row_group(row_group, columns=["text"]).column("text").to_pylist()
+            return [d for d in docs if d]
         except (pa.ArrowException, OSError) as e:
             raise ContractError(
                 f"The data file {path} cannot be read ({e}): it is corrupt or truncated. Run `make prepare` "
                 "again (downloaded shards are fetched afresh; a local file is reported by name).") from None
     if path.suffix == ".jsonl":
         docs = []
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8", errors="replace") as f:
             for n, line in enumerate(f, 1):
                 if line.strip():
                     try:
@@ -185,7 +219,7 @@ def read_unit(path, row_group=None):
                     except (ValueError, KeyError, TypeError):
                         raise ContractError(f"Line {n} of {path} is not a JSON object with a `text` field. "
                                             "Each line of a .jsonl data file must be {\"text\": \"...\"}.") from None
-        return docs
+        return [d for d in docs if d]
     text = Path(path).read_text(encoding="utf-8", errors="replace")
     return [p.strip() for p in text.split("\n\n") if p.strip()]
 

@@ -158,3 +158,37 @@ def test_the_fix_the_checksum_message_names_works(tmp_path):
     os.remove(manifest)
     again = run_prepare("--data", folder)
     assert again.returncode == 0 and "Ready to train." in again.stdout, again.stderr
+
+
+def test_null_and_empty_documents_are_skipped_counted_and_reported_once(tmp_path):
+    """A parquet shard whose `text` column holds nulls and empty strings among real documents: prepare trains
+    the tokenizer (it used to crash with a TypeError), says in one line how many were skipped and where, and
+    the loader and the evaluation rows never see them."""
+    folder = tmp_path / "holes"
+    docs = synthetic_docs(60, 1)
+    holes = docs[:20] + [None, "", None] + docs[20:]
+    folder.mkdir()
+    pq.write_table(pa.table({"text": pa.array(holes, pa.string())}), folder / "shard_00000.parquet",
+                   row_group_size=20)
+    write_shards(folder, [synthetic_docs(60, 2), synthetic_docs(20, 3)], start=1)
+    proc = run_prepare("--data", folder)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    notes = [line for line in proc.stdout.splitlines() if "null or empty" in line]
+    assert notes == ["Data: skipping 3 documents with a null or empty `text` (shard_00000.parquet: 3)"]
+    assert "Traceback" not in proc.stderr
+    again = run_prepare("--data", folder)
+    assert "null or empty" not in again.stdout  # reported once, when the file is first recorded
+    source = local_source(folder)
+    texts = [t for batch in source.documents("train") for t in batch]
+    assert len(texts) == 120 and all(isinstance(t, str) and t for t in texts)
+
+
+def test_a_text_file_that_is_not_utf8_is_named_with_its_replacements(tmp_path):
+    folder = tmp_path / "latin1"
+    folder.mkdir()
+    (folder / "a.txt").write_bytes("\n\n".join(synthetic_docs(80, 1)).encode() + "\n\nCafé crème à la gare".encode("latin-1"))
+    (folder / "b.txt").write_text("\n\n".join(synthetic_docs(20, 2)))
+    proc = run_prepare("--data", folder)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    notes = [line for line in proc.stdout.splitlines() if "UTF-8" in line]
+    assert notes == ["Data: a.txt is not valid UTF-8: 3 undecodable byte sequence(s) read as U+FFFD"]
