@@ -79,6 +79,20 @@ class PlainView:
                     f"(kept {c['keep']}, discarded {c['discard']}, crashed {c['crash']})  {row.get('description', '')}")
 
 
+def training_status(s):
+    """The progress bar and its words. Until the trainer reports progress of its timed steps, the run is in
+    its untimed phase (imports, compilation, the profile's untimed steps): say so, not "7 s of 3 s budget"."""
+    elapsed = time.monotonic() - s.started if s.started else 0.0
+    bar = Table.grid(padding=(0, 1))
+    if s.phase.startswith(("training", "confirming")) and not s.fraction:
+        bar.add_row(ProgressBar(total=1.0, completed=0.0, width=40),
+                    f"untimed start-up {elapsed:.0f} s (compiling, first steps; not part of the {s.budget:g} s budget)")
+    else:
+        bar.add_row(ProgressBar(total=1.0, completed=s.progress(), width=40),
+                    f"{100 * s.progress():5.1f}% of the {s.budget:g} s budget, {elapsed:.0f} s in this phase")
+    return bar
+
+
 class LiveView(PlainView):
     def __init__(self, state, console):
         super().__init__(state, console)
@@ -108,11 +122,7 @@ class LiveView(PlainView):
         total = f"/{s.max_experiments}" if s.max_experiments else ""
         grid.add_row("experiment", f"{s.n if s.n is not None else '-'}{total}  [{s.phase}]")
         grid.add_row("change", Text(s.description or "-", overflow="ellipsis", no_wrap=True))
-        elapsed = time.monotonic() - s.started if s.started else 0.0
-        bar = Table.grid(padding=(0, 1))
-        bar.add_row(ProgressBar(total=1.0, completed=s.progress(), width=40),
-                    f"{100 * s.progress():5.1f}%  {elapsed:5.0f} s of {s.budget:g} s budget")
-        grid.add_row("training", bar)
+        grid.add_row("training", training_status(s))
         grid.add_row("best val_bpb", f"{s.best:.6f}" if s.best is not None else "-")
         c = s.counts
         grid.add_row("results", f"kept {c['keep']}  discarded {c['discard']}  crashed {c['crash']}")

@@ -123,3 +123,21 @@ def test_a_budget_override_is_recorded_in_the_profile_name(repo):
     noise = [json.loads(line) for line in (repo / "runs/t1/noise.jsonl").read_text().splitlines()]
     assert [r["profile"] for r in noise] == ["smoke@2s"]
     assert {r["profile"] for r in rows(repo)} == {"smoke@2s"}
+
+
+def test_the_live_view_labels_the_untimed_phase():
+    """While a run compiles and takes its untimed steps (no progress reported yet) the view says so, rather
+    than counting those seconds against the budget ('7 s of 3 s budget'); then it shows the budget's share."""
+    import time as _time
+
+    from rich.console import Console
+
+    from agent.view import State, training_status
+    s = State("t", 3, None)
+    s.phase, s.started, s.fraction = "training", _time.monotonic() - 7, None
+    console = Console(width=200, record=True)
+    console.print(training_status(s))
+    assert "untimed start-up 7 s" in console.export_text() and "of 3 s budget" not in console.export_text()
+    s.fraction = 0.5
+    console.print(training_status(s))
+    assert "50.0% of the 3 s budget" in console.export_text()
