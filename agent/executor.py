@@ -3,6 +3,7 @@ run happens in a subprocess on this host or elsewhere. The driver (agent/paralle
 results; an executor only trains a prepared working copy and reports how it went.
 
     executor.slots           the names of the places a run can go: GPU indices ('0', '1') or CPU workers
+    executor.running         {slot: job} of the jobs in flight
     executor.free()          the slots with nothing running
     executor.submit(job)     start a Job on job.slot (a free one)
     executor.wait()          block until a job ends; returns (job, RunResult, [val_bpb of each run]), or
@@ -45,6 +46,24 @@ class Job:
     started: float = 0.0          # time.monotonic() when it was proposed (or submitted)
     started_at: str = ""          # the same as an ISO time
     propose_seconds: float = 0.0
+
+
+def train_and_confirm(run, name, confirm, threshold):
+    """run(name) -> RunResult once and, when its val_bpb is below threshold, `confirm` more times (named
+    <name>-confirm<k>). Returns (the first result with every run's seconds, [val_bpb of each run]); a crash
+    ends it with no values."""
+    result = run(name)
+    if result.crashed:
+        return result, []
+    values = [result.summary["val_bpb"]]
+    if values[0] < threshold:
+        for k in range(1, confirm + 1):
+            again = run(f"{name}-confirm{k}")
+            if again.crashed:
+                return again, []
+            values.append(again.summary["val_bpb"])
+            result.seconds += again.seconds
+    return result, values
 
 
 def visible_gpus():
@@ -118,18 +137,7 @@ class LocalExecutor:
                          on_progress=lambda fraction, line: self.on_line(job, fraction, line),
                          on_start=lambda proc: self.procs.__setitem__(job.slot, proc))
 
-        result = run(job.name)
-        if result.crashed:
-            return result, []
-        values = [result.summary["val_bpb"]]
-        if values[0] < job.threshold:
-            for k in range(1, job.confirm + 1):
-                again = run(f"{job.name}-confirm{k}")
-                if again.crashed:
-                    return again, []
-                values.append(again.summary["val_bpb"])
-                result.seconds += again.seconds
-        return result, values
+        return train_and_confirm(run, job.name, job.confirm, job.threshold)
 
     def wait(self):
         job, result, values = self.done.get()
@@ -187,25 +195,17 @@ def run_on_node(canvas, text, env, timeout, name, confirm, threshold, data):
                 f"this run. Recorded: {data}; found there: {here}. Put the same shards on every node (make "
                 "prepare DATA=... there, or NODE_AUTORESEARCH_DATA=folder in the environment of `ray start`), "
                 "or leave that node out of the cluster.")
-    logs, values = {}, []
+    logs = {}
+
+    def run(run_name):
+        path = os.path.join(tmp, f"{run_name}.log")
+        result = train(work, canvas, env, timeout, path)
+        with open(path) as f:
+            logs[run_name] = f.read()
+        return result
+
     try:
-        result = None
-        for k in range(confirm + 1):
-            run_name = name if k == 0 else f"{name}-confirm{k}"
-            path = os.path.join(tmp, f"{run_name}.log")
-            again = train(work, canvas, env, timeout, path)
-            with open(path) as f:
-                logs[run_name] = f.read()
-            if again.crashed:
-                result, values = again, []
-                break
-            values.append(again.summary["val_bpb"])
-            if result is None:
-                result = again
-            else:
-                result.seconds += again.seconds
-            if values[0] >= threshold:
-                break
+        result, values = train_and_confirm(run, name, confirm, threshold)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     gpus = [str(g) for g in ray.get_gpu_ids()]
@@ -232,8 +232,12 @@ class RayExecutor:
         self.slots = [f"ray{i}" for i in range(gpus if self.gpu else workers)]
         self.canvas, self.timeout, self.folder, self.data = canvas, timeout, folder, data
         self.env = {k: v for k, v in env.items() if k.startswith(SHIPPED_ENV)}
-        self.running, self.refs = {}, {}
+        self.refs = {}  # Ray object ref -> the job it will return
         self.task = ray.remote(run_on_node)
+
+    @property
+    def running(self):
+        return {job.slot: job for job in self.refs.values()}
 
     def free(self):
         return [s for s in self.slots if s not in self.running]
@@ -242,14 +246,13 @@ class RayExecutor:
         options = dict(num_gpus=1 if self.gpu else 0, num_cpus=1, max_retries=0)
         ref = self.task.options(**options).remote(self.canvas, job.text, self.env, self.timeout, job.name,
                                                   job.confirm, job.threshold, self.data)
-        self.running[job.slot], self.refs[ref] = job, job
+        self.refs[ref] = job
 
     def wait(self):
         import ray
         from ray.exceptions import RayTaskError
         (ref,), _ = ray.wait(list(self.refs), num_returns=1)
         job = self.refs.pop(ref)
-        del self.running[job.slot]
         try:
             out = ray.get(ref)
         except RayTaskError as e:

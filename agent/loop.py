@@ -163,11 +163,7 @@ class Loop:
                     if outcome == "exhausted":
                         break
                     invalid_in_a_row = invalid_in_a_row + 1 if outcome == "invalid" else 0
-                    if invalid_in_a_row >= MAX_INVALID_IN_A_ROW:
-                        raise ContractError(
-                            f"The {self.proposer.name} proposer failed {invalid_in_a_row} times in a row to give an "
-                            f"applicable edit; the last error: {self.rows[-1]['description']} Check the model and "
-                            "program.md, then resume with --resume.")
+                    self.check_invalid_streak(invalid_in_a_row)
             except KeyboardInterrupt:
                 self.git.reset_hard(self.tip)
                 self.view.message(f"stopped. Nothing logged is lost; continue with: python -m agent --backend "
@@ -178,16 +174,39 @@ class Loop:
                 raise
         return self.rows
 
-    def should_stop(self):
+    def stop_reason(self, pending=0):
+        """Why no new experiment may start, or None: --max-experiments reached (counting `pending` ones started
+        but not logged yet), or the next one would end past the deadline."""
         args = self.args
-        done = sum(1 for r in self.rows if r.get("kind") == "experiment" and r["status"] != "invalid")
+        done = pending + sum(1 for r in self.rows
+                             if r.get("kind") == "experiment" and r["status"] not in ("invalid", "rebase"))
         if args.max_experiments is not None and done >= args.max_experiments:
-            self.view.message(f"done: {done} experiments (--max-experiments {args.max_experiments})")
-            return True
+            return f"{done} experiments (--max-experiments {args.max_experiments})"
         if args.deadline is not None and time.time() + typical_seconds(self.rows) > args.deadline:
-            self.view.message("done: the next experiment would end past the deadline")
-            return True
-        return False
+            return "the next experiment would end past the deadline"
+        return None
+
+    def should_stop(self):
+        reason = self.stop_reason()
+        if reason:
+            self.view.message(f"done: {reason}")
+        return reason is not None
+
+    def check_invalid_streak(self, count):
+        if count >= MAX_INVALID_IN_A_ROW:
+            raise ContractError(
+                f"The {self.proposer.name} proposer failed {count} times in a row to give an applicable edit; the "
+                f"last error: {self.rows[-1]['description']} Check the model and program.md, then resume with "
+                "--resume.")
+
+    def record_invalid(self, e):
+        """Log a proposal that gave nothing applicable (NoProposal e) and put the canvas back."""
+        n = len(self.rows)
+        self.git.reset_hard(self.tip)
+        self.record({"n": n, "kind": "experiment", "status": "invalid", "description": str(e)[:300],
+                     "commit": None, "val_bpb": None, "proposer": self.proposer.name, "tokens_in": e.tokens_in,
+                     "tokens_out": e.tokens_out, "cost_usd": e.cost_usd, "finished_at": now_iso()})
+        self.view.message(f"[{n:03d}] no valid proposal: {e}")
 
     def record(self, row):
         self.rows.append(row)
@@ -221,11 +240,7 @@ class Loop:
             if e.exhausted:
                 self.view.message(f"done: {e}")
                 return "exhausted"
-            git.reset_hard(self.tip)
-            self.record({"n": n, "kind": "experiment", "status": "invalid", "description": str(e)[:300],
-                         "commit": None, "val_bpb": None, "proposer": self.proposer.name, "tokens_in": e.tokens_in,
-                         "tokens_out": e.tokens_out, "cost_usd": e.cost_usd, "finished_at": now_iso()})
-            self.view.message(f"[{n:03d}] no valid proposal: {e}")
+            self.record_invalid(e)
             return "invalid"
         propose_s = time.monotonic() - started
         self.save_transcript(f"{n:03d}", proposal)
@@ -246,10 +261,7 @@ class Loop:
             if fix is None:
                 break
             fixes += 1
-            proposal.tokens_in += fix.tokens_in
-            proposal.tokens_out += fix.tokens_out
-            if fix.cost_usd is not None:
-                proposal.cost_usd = (proposal.cost_usd or 0.0) + fix.cost_usd
+            add_usage(proposal, fix)
             self.save_transcript(f"{n:03d}-fix{fixes}", fix)
             if fix.text is not None:
                 lab.write_canvas(fix.text)
@@ -279,12 +291,14 @@ class Loop:
         return Context(self.lab.root, self.canvas, self.lab.read_canvas(), self.rows, self.program,
                        self.args.backend, self.lab.profile, self.best, self.noise)
 
-    def verify_fixed(self):
-        """Restore any fixed file that changed; return their names."""
-        now = self.git.checksums(skip=self.canvas)
+    def verify_fixed(self, git=None, rev=None):
+        """Restore any fixed file that changed in a working tree (the repo's, else git's) from rev (the tip,
+        else); return their names."""
+        git, rev = git or self.git, rev or self.tip
+        now = git.checksums(skip=self.canvas)
         changed = sorted(p for p in self.fixed if now.get(p) != self.fixed[p])
         if changed:
-            self.git.run("checkout", "-q", self.tip, "--", *changed)
+            git.run("checkout", "-q", rev, "--", *changed)
         return changed
 
     def measure(self, n, first_only_if_better):
@@ -322,17 +336,25 @@ class Loop:
 
 
 def run(args):
-    if getattr(args, "cluster", "local") == "ray":
+    if args.cluster == "ray":
         from agent.parallel import ParallelLoop
         return ParallelLoop(args).run()
     from agent.executor import parse_slots
-    slots = parse_slots(getattr(args, "gpus", None), getattr(args, "workers", 1) or 1)
+    slots = parse_slots(args.gpus, args.workers)
     if len(slots) == 1:
         if not slots[0].startswith("cpu"):
             os.environ["CUDA_VISIBLE_DEVICES"] = slots[0]  # read by Lab into the runs' environment
         return Loop(args).run()
     from agent.parallel import ParallelLoop
     return ParallelLoop(args, slots).run()
+
+
+def add_usage(proposal, fix):
+    """Count a fix's tokens and cost into the proposal it fixes."""
+    proposal.tokens_in += fix.tokens_in
+    proposal.tokens_out += fix.tokens_out
+    if fix.cost_usd is not None:
+        proposal.cost_usd = (proposal.cost_usd or 0.0) + fix.cost_usd
 
 
 def make_row(n, kind, status, description, commit, parent, result, values, proposal, started, propose_s, run_info,

@@ -19,13 +19,15 @@ runs/<tag>/worktrees/<slot>, checked out at the commit of its current experiment
 import os
 import shutil
 import statistics
+import subprocess
+import tempfile
 import time
 
 from rich.console import Console
 
 from agent.executor import Job, LocalExecutor
 from agent.git import Git
-from agent.loop import MAX_INVALID_IN_A_ROW, Loop, make_row, now_iso, typical_seconds
+from agent.loop import Loop, add_usage, make_row, now_iso
 from agent.proposers.base import Context, NoProposal
 from agent.view import PlainView, State
 from common.errors import ContractError
@@ -39,7 +41,7 @@ class ParallelLoop(Loop):
         self.gpu = bool(slots) and not slots[0].startswith("cpu")
         self.reruns = []      # prepared jobs (fixes, re-runs on a new best) that go before any new proposal
         self.jobs = 0         # names the runs' logs: j001, j002, ...
-        self.stop_reason = None
+        self.ended_because = None
 
     # -- set-up ---------------------------------------------------------------------------------------------
 
@@ -91,7 +93,7 @@ class ParallelLoop(Loop):
 
     def make_executor(self):
         lab = self.lab
-        if getattr(self.args, "cluster", "local") == "ray":
+        if self.args.cluster == "ray":
             from agent.executor import RayExecutor
             package = self.fresh_worktree("package")  # the project as committed, shipped to every node once
             return RayExecutor(self.args.ray_address, self.args.workers, package, self.canvas, lab.env,
@@ -99,7 +101,7 @@ class ParallelLoop(Loop):
         return LocalExecutor(self.slots, self.canvas, lab.env, lab.timeout, self.folder)
 
     def where_args(self):
-        if getattr(self.args, "cluster", "local") == "ray":
+        if self.args.cluster == "ray":
             return f"--cluster ray --ray-address {self.args.ray_address}"
         return f"--gpus {','.join(self.slots)}" if self.gpu else f"--workers {len(self.slots)}"
 
@@ -146,11 +148,7 @@ class ParallelLoop(Loop):
                     exhausted, waiting = not ex.running, bool(ex.running)
                 elif job is None:
                     invalid_in_a_row += 1
-                    if invalid_in_a_row >= MAX_INVALID_IN_A_ROW:
-                        raise ContractError(
-                            f"The {self.proposer.name} proposer failed {invalid_in_a_row} times in a row to give an "
-                            f"applicable edit; the last error: {self.rows[-1]['description']} Check the model and "
-                            "program.md, then resume with --resume.")
+                    self.check_invalid_streak(invalid_in_a_row)
                 else:
                     invalid_in_a_row = 0
                     job.slot = ex.free()[0]
@@ -158,8 +156,8 @@ class ParallelLoop(Loop):
                     self.view.message(f"[{job.slot}] start {job.name}: {job.description}")
                     ex.submit(job)
             if not ex.running:
-                if self.stop_reason:
-                    self.view.message(f"done: {self.stop_reason}")
+                if self.ended_because:
+                    self.view.message(f"done: {self.ended_because}")
                 return
             job, result, values = ex.wait()
             if result is None:  # the infrastructure failed, not the idea: run it again
@@ -171,15 +169,8 @@ class ParallelLoop(Loop):
 
     def may_start(self, in_flight):
         """Whether a new proposal may start now (re-runs of started experiments always may)."""
-        args = self.args
-        done = sum(1 for r in self.rows if r.get("kind") == "experiment" and r["status"] not in ("invalid", "rebase"))
-        if args.max_experiments is not None and done + in_flight + len(self.reruns) >= args.max_experiments:
-            self.stop_reason = f"{args.max_experiments} experiments (--max-experiments)"
-            return False
-        if args.deadline is not None and time.time() + typical_seconds(self.rows) > args.deadline:
-            self.stop_reason = "the next experiment would end past the deadline"
-            return False
-        return True
+        self.ended_because = self.stop_reason(pending=in_flight + len(self.reruns))
+        return self.ended_because is None
 
     def in_flight(self, ex):
         jobs = list(ex.running.values()) + self.reruns
@@ -205,14 +196,9 @@ class ParallelLoop(Loop):
                 raise NoProposal("The proposal leaves the canvas unchanged.")
         except NoProposal as e:
             if e.exhausted:
-                self.stop_reason = str(e)
+                self.ended_because = str(e)
                 return "exhausted"
-            self.git.reset_hard(self.tip)
-            n = len(self.rows)
-            self.record({"n": n, "kind": "experiment", "status": "invalid", "description": str(e)[:300],
-                         "commit": None, "val_bpb": None, "proposer": self.proposer.name, "tokens_in": e.tokens_in,
-                         "tokens_out": e.tokens_out, "cost_usd": e.cost_usd, "finished_at": now_iso()})
-            self.view.message(f"[{n:03d}] no valid proposal: {e}")
+            self.record_invalid(e)
             return None
         self.jobs += 1
         name = f"j{self.jobs:03d}"
@@ -236,17 +222,8 @@ class ParallelLoop(Loop):
 
     # -- judging --------------------------------------------------------------------------------------------
 
-    def changed_fixed(self, job):
-        """Fixed files the run changed in its worktree (restored there); their names."""
-        wt = Git(job.workdir)
-        now = wt.checksums(skip=self.canvas)
-        changed = sorted(p for p in self.fixed if now.get(p) != self.fixed[p])
-        if changed:
-            wt.run("checkout", "-q", job.commit, "--", *changed)
-        return changed
-
     def judge(self, job, result, values):
-        bad = self.changed_fixed(job)
+        bad = self.verify_fixed(Git(job.workdir), job.commit)
         if bad and not result.crashed:
             result.summary, values = None, []
             result.error = f"The run changed fixed files ({', '.join(bad)}); they were restored."
@@ -288,8 +265,7 @@ class ParallelLoop(Loop):
             return False
         self.jobs += 1
         self.save_transcript(f"j{self.jobs:03d}-fix", fix)
-        job.proposal.tokens_in += fix.tokens_in
-        job.proposal.tokens_out += fix.tokens_out
+        add_usage(job.proposal, fix)
         self.reruns.insert(0, Job(**{**job.__dict__, "name": f"j{self.jobs:03d}", "text": text, "slot": None,
                                      "fixes": job.fixes + 1}))
         return True
@@ -311,8 +287,6 @@ def apply_change(git, parent, commit, base, path):
     """The text of `path` at commit `base` with the change parent -> commit applied, or None when it does not
     apply: first as a patch with context (found even where lines moved), then without context for changes
     next to lines the new best changed too (one constant edit beside another)."""
-    import subprocess
-    import tempfile
     for context in ("3", "0"):
         diff = git.run("diff", f"-U{context}", parent, commit, "--", path) + "\n"
         with tempfile.TemporaryDirectory() as tmp:

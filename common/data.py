@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from common.errors import ContractError
@@ -182,7 +183,7 @@ def unusable(path):
     out or replaces, for verify() to report once."""
     if path.suffix == ".parquet":
         column = pq.read_table(path, columns=["text"]).column("text")
-        return column.null_count + sum(1 for v in column.to_pylist() if v == ""), 0
+        return column.null_count + (pc.sum(pc.equal(column, "")).as_py() or 0), 0
     data = Path(path).read_bytes()
     bad = len(data.decode("utf-8", errors="replace")) - len(data.decode("utf-8", errors="ignore"))
     if path.suffix == ".jsonl":
