@@ -41,7 +41,8 @@ help:
 	@echo "make bench                                 CPU benchmarks (pytest-benchmark)"
 	@echo "make bench-gpu BACKEND=cuda|jax            GPU benchmark table (on an NVIDIA GPU)"
 	@echo "make bench-anchor [BACKEND=cuda|jax] [BUDGET=60] [REPEAT=3] [GPUS=0,1] [DATA=folder] [UPSTREAM=dir] [ANCHOR_ARGS=...]   upstream's train.py beside ours, one table"
-	@echo "make docker-build [BACKEND=cuda|cpu] [BASE_IMAGE=img] [OFFLINE=1]   build the image"
+	@echo "make docker-wheelhouse [BACKEND=cuda|cpu]   pip download the image's wheels into docker/wheelhouse (cuda: refuses a CPU-only torch)"
+	@echo "make docker-build [BACKEND=cuda|cpu] [BASE_IMAGE=img] [OFFLINE=1]   build the image (cuda: fails if its torch has no CUDA)"
 	@echo "make docker-run   [BACKEND=cuda|cpu] [TRAINER=cuda|jax|mlx] [PROFILE=...] [DATA=folder]   train once in it"
 	@echo "make reproduce COMMIT=<sha> [RUNS=k] [DATA=folder]   re-run a logged result in a container"
 
@@ -80,8 +81,11 @@ test: $(VENV)/.installed-dev
 bench: $(VENV)/.installed-dev
 	$(PY) -m pytest -q -m bench --benchmark-enable --benchmark-columns=min,median,mean,rounds $(if $(filter-out auto,$(BACKEND)),-k $(BACKEND))
 
+# cuda: requirements-cuda.txt asks for torch==X,!=X+cpu (PyPI's Linux wheel, built with CUDA), then the check
+# refuses a wheelhouse that still has no CUDA torch (e.g. filled on a Mac).
 docker-wheelhouse: $(VENV)/.installed-dev
 	$(PY) -m pip download --quiet --dest docker/wheelhouse -r docker/requirements-$(DOCKER_IMAGE).txt
+	$(if $(filter cuda,$(DOCKER_IMAGE)),$(PY) -m agent.container check-wheelhouse)
 
 docker-build: $(VENV)/.installed-dev
 	$(PY) -m agent.container build --image $(DOCKER_IMAGE) $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE)) $(if $(filter 1,$(OFFLINE)),--offline)

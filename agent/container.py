@@ -1,6 +1,7 @@
 """Containers: build the images, train once in one, and reproduce a logged result.
 
     python -m agent.container build     [--image cpu|cuda] [--base-image IMG] [--offline]
+    python -m agent.container check-wheelhouse [--folder docker/wheelhouse]
     python -m agent.container run       [--image cpu|cuda] [--backend cuda|jax|mlx] [--profile P] [--data DIR]
     python -m agent.container reproduce --commit SHA [--runs K] [--data DIR]
 
@@ -52,6 +53,8 @@ def build(image="cpu", base_image=None, offline=False, log=print):
     if offline and not any((REPO / "docker" / "wheelhouse").glob("*.whl")):
         raise ContractError("--offline builds install only from docker/wheelhouse, which is empty. Fill it first on a "
                             f"machine with PyPI: make docker-wheelhouse BACKEND={image}.")
+    if offline and image == "cuda":
+        check_cuda_wheelhouse()
     log(f"building {IMAGES[image]} from docker/Dockerfile.{image} ({', '.join(f'{k}={v}' for k, v in args.items())})")
     for chunk in client.api.build(path=str(REPO), dockerfile=f"docker/Dockerfile.{image}", tag=IMAGES[image],
                                   buildargs=args, network_mode="host", rm=True, decode=True):
@@ -62,6 +65,25 @@ def build(image="cpu", base_image=None, offline=False, log=print):
         if text:
             log(text)
     return IMAGES[image]
+
+
+def check_cuda_wheelhouse(folder=REPO / "docker" / "wheelhouse"):
+    """Refuse a wheelhouse without a CUDA build of the pinned torch, for Linux: an OFFLINE=1 cuda image built from
+    it would train on the CPU without a word. A +cpu wheel beside the CUDA one is fine: the CPU image shares the
+    folder, and requirements-cuda.txt excludes +cpu. Returns the CUDA wheel."""
+    requirements = (REPO / "docker" / "requirements-cuda.txt").read_text().splitlines()
+    pin = next(line.split("==")[1].split(",")[0].strip() for line in requirements if line.startswith("torch=="))
+    wheels = sorted(Path(folder).glob(f"torch-{pin}[-+]*.whl"))
+    for wheel in wheels:
+        local, platform = wheel.name.split("-")[1].partition("+")[2], wheel.stem.split("-")[-1]
+        if "linux" in platform and not local.startswith("cpu"):
+            return wheel
+    found = "only " + ", ".join(w.name for w in wheels) if wheels else f"no torch {pin} wheel"
+    raise ContractError(
+        f"{folder} holds {found}: no CUDA build of torch {pin} for Linux, so an OFFLINE=1 cuda image built from it "
+        "would train on the CPU. Fetch the CUDA build on a Linux machine with PyPI: make docker-wheelhouse "
+        f"BACKEND=cuda (it asks for torch=={pin},!={pin}+cpu, PyPI's Linux wheel, which is built with CUDA), then "
+        "make docker-build BACKEND=cuda OFFLINE=1.")
 
 
 def train_in_container(image="cpu", backend="cuda", profile="smoke", data=None, canvas=None, timeout=None, log=print):
@@ -225,6 +247,8 @@ def main():
     r.add_argument("--backend", choices=("cuda", "jax", "mlx"), default="cuda", help="the trainer (cuda = PyTorch)")
     r.add_argument("--profile", choices=list(PROFILES), default=None)
     r.add_argument("--data", default=os.environ.get("AUTORESEARCH_DATA"))
+    w = sub.add_parser("check-wheelhouse", help="refuse a wheelhouse without a CUDA torch (for the cuda image)")
+    w.add_argument("--folder", default=REPO / "docker" / "wheelhouse", type=Path)
     x = sub.add_parser("reproduce")
     x.add_argument("--commit", required=True)
     x.add_argument("--runs", type=int, default=1)
@@ -232,6 +256,8 @@ def main():
     args = p.parse_args()
     if args.cmd == "build":
         build(args.image, args.base_image, args.offline)
+    elif args.cmd == "check-wheelhouse":
+        print(f"{args.folder}: {check_cuda_wheelhouse(args.folder).name}, a CUDA build of torch, for the cuda image")
     elif args.cmd == "run":
         profile = args.profile or ("h100" if args.image == "cuda" else "cpu")
         code, output = train_in_container(args.image, args.backend, profile, args.data)

@@ -15,9 +15,13 @@ later reads verify it, so a corrupt or truncated file is caught before it silent
 import hashlib
 import json
 import os
+import socket
+import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -285,10 +289,15 @@ def get_source(data=None):
 # Downloading climbmix
 # ---------------------------------------------------------------------------------------------------------
 
-def download_climbmix(num_shards, workers=8, base_url=None, progress=print):
+class NameNotResolved(Exception):
+    """The download host's name does not resolve: no network (or no DNS), and retrying will not change that."""
+
+
+def download_climbmix(num_shards, workers=8, base_url=None, progress=print, live=None):
     """Download training shards 0..num_shards-1 and the validation shard into the cache, in parallel, with
     retries, resuming partial files, verifying the SHA-256 the server states and recording every hash in the
-    manifest. Shards already downloaded and intact are kept."""
+    manifest. Shards already downloaded and intact are kept. `progress` gets plain lines; `live` (default:
+    when stdout is a terminal) shows one rich progress display instead of periodic status lines."""
     import httpx
 
     base_url = base_url or os.environ.get("AUTORESEARCH_DATA_URL") or CLIMBMIX_URL
@@ -313,30 +322,37 @@ def download_climbmix(num_shards, workers=8, base_url=None, progress=print):
     if not todo:
         progress(f"Data: all {len(wanted)} shards present and verified in {root}")
         return
+    if error := unresolved(base_url):
+        raise no_network(base_url, error)
     progress(f"Data: downloading {len(todo)} shard(s) from {base_url} ({len(wanted) - len(todo)} already here)")
     retry_base = float(os.environ.get("AUTORESEARCH_RETRY_BASE", "1.0"))
-    unreachable = []      # connection errors: when every shard fails with one, the machine has no network
+    not_resolved = []     # set by the first shard whose host name does not resolve; the others then stop
+    display = DownloadDisplay(len(todo), progress, live)
 
-    def note(message, error=None):
-        if isinstance(error, httpx.ConnectError):
-            unreachable.append(str(error))
-        progress(message)
+    def fetch(name):
+        if not_resolved:
+            return name, None
+        try:
+            return name, download_file(client, f"{base_url}/{name}", root / name, retry_base, display)
+        except NameNotResolved as e:
+            not_resolved.append(e)
+            return name, None
 
-    with httpx.Client(timeout=httpx.Timeout(30.0, connect=10.0), follow_redirects=True) as client:
-        def fetch(name):
-            return name, download_file(client, f"{base_url}/{name}", root / name, retry_base, note)
-        with ThreadPoolExecutor(max(1, min(workers, len(todo)))) as pool:
-            results = list(pool.map(fetch, todo))
+    try:
+        with httpx.Client(timeout=httpx.Timeout(30.0, connect=10.0), follow_redirects=True) as client:
+            with ThreadPoolExecutor(max(1, min(workers, len(todo)))) as pool:
+                results = list(pool.map(fetch, todo))
+    finally:
+        display.close()
     for name, record in results:
         if record is not None:
             manifest[name] = record
     manifest_source.write_manifest(manifest)
     failed = [name for name, record in results if record is None]
-    if failed and len(failed) == len(todo) and unreachable:
-        raise ContractError(
-            f"No network: {base_url} cannot be reached ({unreachable[-1]}). On a machine without network, use a "
-            "local folder of text instead: `make prepare DATA=/path/to/shards` or `make run DATA=...` (parquet "
-            "with a `text` column, or .txt/.jsonl files; e.g. DATA=../shared/corpus).")
+    if not_resolved:
+        raise no_network(base_url, not_resolved[0])
+    if failed and len(failed) == len(todo) and display.unreachable:
+        raise no_network(base_url, display.unreachable[-1])
     if failed:
         raise ContractError(
             f"Could not download {len(failed)} shard(s) ({', '.join(failed[:3])}{', ...' if len(failed) > 3 else ''}) "
@@ -346,9 +362,49 @@ def download_climbmix(num_shards, workers=8, base_url=None, progress=print):
             "partial ones resume.")
 
 
-def download_file(client, url, path, retry_base, progress):
+def no_network(base_url, why):
+    return ContractError(
+        f"No network: {base_url} cannot be reached ({why}). On a machine without network, use a "
+        "local folder of text instead: `make prepare DATA=/path/to/shards` or `make run DATA=...` (parquet "
+        "with a `text` column, or .txt/.jsonl files; e.g. DATA=../shared/corpus).")
+
+
+def unresolved(url):
+    """Why url's host name does not resolve, or None when it does. Skipped (None) when a proxy is set for
+    the URL's scheme: the proxy resolves names, and this machine may not."""
+    import urllib.request
+    parts = urlsplit(url)
+    proxies = urllib.request.getproxies()
+    if not parts.hostname or proxies.get(parts.scheme) or proxies.get("all"):
+        return None
+    try:
+        socket.getaddrinfo(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+    except socket.gaierror as e:
+        return f"the host name {parts.hostname} does not resolve: {e.strerror or e}"
+    return None
+
+
+def one_line(error):
+    """An httpx or OS error as one short line (httpx's status errors add a line of advice)."""
+    import httpx
+    if isinstance(error, httpx.HTTPStatusError):
+        return f"HTTP {error.response.status_code} {error.response.reason_phrase}"
+    return (str(error) or repr(error)).splitlines()[0]
+
+
+def name_not_resolved(error):
+    """Whether an httpx error was caused by a failed name lookup (socket.gaierror somewhere in its chain)."""
+    while error is not None:
+        if isinstance(error, socket.gaierror):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def download_file(client, url, path, retry_base, display):
     """Fetch url into path through path.part, resuming a partial file with an HTTP Range request.
-    Returns the manifest record, or None after the last failed attempt."""
+    Returns the manifest record, or None after the last failed attempt. Raises NameNotResolved at once
+    when the host name does not resolve: that is not worth retrying."""
     import httpx
 
     part = path.with_name(path.name + ".part")
@@ -368,6 +424,7 @@ def download_file(client, url, path, retry_base, progress):
                     with open(part, "ab" if have else "wb") as f:
                         for chunk in r.iter_bytes():
                             f.write(chunk)
+                            display.received(len(chunk))
                     if expected is not None and part.stat().st_size != expected:
                         raise httpx.ReadError(f"got {part.stat().st_size} of {expected} bytes")
             digest = sha256_file(part)
@@ -381,15 +438,88 @@ def download_file(client, url, path, retry_base, progress):
                 raise httpx.ReadError("the server sent something that is not a parquet file with a `text` column")
             os.replace(part, path)
             stat = path.stat()
-            progress(f"  {path.name}: {stat.st_size / 1e6:.1f} MB", None)
+            display.finished()
             return {"sha256": digest, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "url": url}
         except (httpx.HTTPError, OSError) as e:
-            progress(f"  {path.name}: attempt {attempt}/{DOWNLOAD_ATTEMPTS} failed: {e}", e)
-            if isinstance(e, httpx.HTTPStatusError) and e.response.status_code == 404:
+            if name_not_resolved(e):
+                raise NameNotResolved(str(e)) from None
+            missing = isinstance(e, httpx.HTTPStatusError) and e.response.status_code == 404     # not retried
+            final = missing or attempt == DOWNLOAD_ATTEMPTS
+            display.failed(path.name, attempt, e, final)
+            if final:
                 return None
-            if attempt < DOWNLOAD_ATTEMPTS:
-                time.sleep(retry_base * 2 ** (attempt - 1))
+            time.sleep(retry_base * 2 ** (attempt - 1))
     return None
+
+
+class DownloadDisplay:
+    """Progress of the parallel downloads: shards done of total, bytes, rate and retries. On a terminal one
+    rich progress line, with failed attempts printed above it; otherwise plain lines through `note`: the
+    failed attempts, a status line every STATUS_EVERY seconds and one at the end. Safe to call from threads."""
+
+    STATUS_EVERY = 15.0
+
+    def __init__(self, total, note, live=None):
+        self.total, self.note = total, note
+        self.unreachable = []      # connection errors: when every shard fails with one, the machine has no network
+        self.done = self.bytes = self.retries = 0
+        self.start = self.last_status = time.monotonic()
+        self.lock = threading.Lock()
+        self.bar = None
+        if live is None:
+            live = sys.stdout.isatty()
+        if live:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+            self.bar = Progress(TextColumn("Data"), BarColumn(), TextColumn("{task.description}"),
+                                TimeElapsedColumn())
+            self.task = self.bar.add_task(self.status(), total=total)
+            self.bar.start()
+
+    def status(self):
+        seconds = max(time.monotonic() - self.start, 1e-6)
+        retries = f"{self.retries} retr{'y' if self.retries == 1 else 'ies'}"
+        return (f"{self.done}/{self.total} shards, {self.bytes / 1e6:.1f} MB, "
+                f"{self.bytes / 1e6 / seconds:.1f} MB/s, {retries}")
+
+    def update(self):
+        """Show the new counts: redraw the bar, or print a status line when the last one is old enough."""
+        if self.bar is not None:
+            self.bar.update(self.task, description=self.status(), completed=self.done)
+        elif time.monotonic() - self.last_status >= self.STATUS_EVERY:
+            self.last_status = time.monotonic()
+            self.note(f"Data: {self.status()}")
+
+    def received(self, nbytes):
+        with self.lock:
+            self.bytes += nbytes
+            self.update()
+
+    def finished(self):
+        with self.lock:
+            self.done += 1
+            self.update()
+
+    def failed(self, name, attempt, error, final):
+        import httpx
+        with self.lock:
+            if isinstance(error, httpx.ConnectError):
+                self.unreachable.append(str(error))
+            self.retries += not final
+            line = f"  {name}: attempt {attempt}/{DOWNLOAD_ATTEMPTS} failed: {one_line(error)}"
+            line += "" if final else ", retrying"
+            self.update()
+            if self.bar is not None:
+                self.bar.console.print(line, markup=False, highlight=False)
+            else:
+                self.note(line)
+
+    def close(self):
+        with self.lock:
+            if self.bar is not None:
+                self.update()
+                self.bar.stop()
+            else:
+                self.note(f"Data: {self.status()}")
 
 
 def stated_sha256(headers):

@@ -184,12 +184,14 @@ def assert_clean_error(proc, *needles):
 class ShardServer:
     """Serves named files on 127.0.0.1 the way the Hugging Face hub does: ETag = the file's SHA-256, Range
     requests answered with 206. `cut[name] = offset` drops the connection once the body reaches that byte
-    offset of the file (after a full Content-Length); `etag[name]` overrides the stated hash."""
+    offset of the file (after a full Content-Length); `etag[name]` overrides the stated hash; `fail[name]` is a
+    list of HTTP statuses to answer, one per request, before the file is served."""
 
     def __init__(self, files):
         self.files = dict(files)
         self.cut = {}
         self.etag = {}
+        self.fail = {}
         self.requests = []          # (name, Range header or None)
         server = self
 
@@ -202,6 +204,9 @@ class ShardServer:
                 rng = self.headers.get("Range")
                 server.requests.append((name, rng))
                 data = server.files.get(name)
+                if server.fail.get(name):
+                    self.send_error(server.fail[name].pop(0))
+                    return
                 if data is None:
                     self.send_error(404)
                     return

@@ -1,14 +1,19 @@
-"""climbmix downloads against a real HTTP server on 127.0.0.1: checksums, re-download, resume, no network."""
+"""climbmix downloads against a real HTTP server on 127.0.0.1: checksums, re-download, resume, retries, the
+progress display, no network."""
 
 import json
+import os
+import pty
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
 
-from common.data import climbmix_source, download_climbmix, sha256_file
+from common.data import DownloadDisplay, NameNotResolved, climbmix_source, download_climbmix, download_file, sha256_file
 from common.errors import ContractError
-from commonkit import ShardServer, assert_clean_error, flip_bytes, run_prepare, sha256, synthetic_docs, write_shards
+from commonkit import REPO_ROOT, ShardServer, assert_clean_error, flip_bytes, run_prepare, sha256, synthetic_docs, write_shards
 
 pytestmark = pytest.mark.timeout(180)      # a hang fails the test instead of CI (pytest-timeout)
 
@@ -142,3 +147,63 @@ def test_no_network_fails_fast_and_names_DATA():
     assert time.time() - t0 < 30
     assert proc.returncode == 2
     assert_clean_error(proc, "DATA=", "make prepare")
+
+
+NO_PROXY_ENV = {var: None for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")}
+
+
+def test_an_unresolvable_host_fails_at_once_without_retrying():
+    # .invalid never resolves (RFC 2606). With a 100 s retry base, one retry would outlast the 60 s timeout.
+    proc = run_prepare("--num-shards", 2, env={"AUTORESEARCH_DATA_URL": "https://shards.invalid/climbmix",
+                                                "AUTORESEARCH_RETRY_BASE": "100", **NO_PROXY_ENV}, timeout=60)
+    assert proc.returncode == 2
+    assert_clean_error(proc, "No network", "shards.invalid does not resolve", "DATA=")
+    assert "attempt" not in proc.stdout and "Data: downloading" not in proc.stdout
+
+
+def test_a_name_that_stops_resolving_during_a_download_is_final(tmp_path):
+    import httpx
+    notes = []
+    display = DownloadDisplay(1, notes.append, live=False)
+    with httpx.Client(trust_env=False) as client, pytest.raises(NameNotResolved):
+        download_file(client, "http://shards.invalid/shard_00000.parquet", tmp_path / "shard_00000.parquet",
+                      retry_base=100, display=display)
+    assert notes == [] and display.retries == 0
+
+
+def test_a_503_is_retried_once_and_progress_is_a_few_plain_lines(server, shard_bytes, cache):
+    server.fail["shard_00001.parquet"] = [503]
+    proc = run_prepare("--num-shards", 2)
+    assert proc.returncode == 0, proc.stderr
+    assert server.gets("shard_00001.parquet") == [None, None]
+    assert (cache / "data" / "shard_00001.parquet").read_bytes() == shard_bytes["shard_00001.parquet"]
+    lines = proc.stdout.splitlines()
+    download = lines[:next(i for i, line in enumerate(lines) if "3/3 shards" in line) + 1]
+    assert len(download) <= 4, proc.stdout
+    assert any("shard_00001.parquet: attempt 1/5 failed" in line and "503" in line for line in download)
+    assert "1 retry" in download[-1]
+    assert "\x1b" not in proc.stdout and "\r" not in proc.stdout          # no control codes in a log
+
+
+def test_on_a_terminal_progress_is_one_live_display(server):
+    server.fail["shard_00000.parquet"] = [503]
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-c", "from common.data import download_climbmix; download_climbmix(2)"],
+                            cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave,
+                            env=dict(os.environ, COLUMNS="120", TERM="xterm"))
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 1 << 16)
+        except OSError:            # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    assert proc.wait(timeout=60) == 0, out.decode(errors="replace")
+    text = out.decode(errors="replace")
+    assert "\x1b[" in text                                     # drawn in place, not line by line
+    assert "3/3 shards" in text and "1 retry" in text
+    assert "shard_00000.parquet: attempt 1/5 failed" in text
