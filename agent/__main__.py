@@ -94,8 +94,18 @@ def parser():
     run.add_argument("--resume", action="store_true", help="continue the branch and logs of an earlier run")
     run.add_argument("--confirm", type=int, default=0,
                      help="re-run a candidate improvement K more times; keep it on the mean")
+    run.add_argument("--baseline-runs", type=int,
+                     help="train the unchanged baseline K times at the start; their spread is the noise figure "
+                     "that decides which gains are re-run before they are kept (default: 2 on GPU profiles, 1 on "
+                     "cpu and smoke; `python -m agent noise` results take precedence)")
     run.add_argument("--fix-attempts", type=int, default=2, help="times a crash goes back to the proposer for a fix")
     run.add_argument("--seed", type=int, default=0, help="the offline search's seed")
+    run.add_argument("--search", choices=("coordinate", "optuna"), default="coordinate",
+                     help="the offline proposer's search: coordinate (one constant at a time, deterministic) or "
+                     "optuna (TPE over the constants' ranges, learning from every result; see README)")
+    run.add_argument("--strategy", choices=("greedy", "tree"), default="greedy",
+                     help="greedy: every experiment edits the best canvas; tree: a frontier of the best distinct "
+                     "canvases, the parent picked by a UCB rule (see README)")
     run.add_argument("--gpus", default=os.environ.get("GPUS") or None,
                      help="run one experiment on each of these GPUs at once: '0,1' or 'all' (see README)")
     run.add_argument("--workers", type=int, default=1,
@@ -153,6 +163,8 @@ def main(argv=None):
     for name in ("max_experiments", "confirm", "fix_attempts", "retries"):
         if getattr(args, name) is not None and getattr(args, name) < 0:
             raise ContractError(f"--{name.replace('_', '-')} must not be negative.")
+    if args.baseline_runs is not None and args.baseline_runs < 1:
+        raise ContractError("--baseline-runs must be at least 1 (2 or more give a noise figure).")
     args.deadline = parse_deadline(args.deadline)
     from agent.loop import run
     run(args)

@@ -1,10 +1,12 @@
 """Proposers: each turns (program.md, the canvas, the history) into one change to the canvas."""
 
+import importlib.util
 import os
 
 from common.errors import ContractError
 
 NAMES = ("auto", "offline", "anthropic", "openai", "command")
+SEARCHES = ("coordinate", "optuna")  # the offline proposer's searches: offline.py, optuna_search.py
 
 
 def resolve_name(name):
@@ -19,8 +21,22 @@ def resolve_name(name):
 
 
 def make_proposer(name, args):
-    name = resolve_name(name)
+    resolved = resolve_name(name)
+    search = getattr(args, "search", None) or "coordinate"
+    if search not in SEARCHES:
+        raise ContractError(f"Unknown --search '{search}'. Choose one of: {', '.join(SEARCHES)}.")
+    if search != "coordinate" and resolved != "offline":
+        why = f" ('{name}' picked it: its API key or base URL is set)" if name != resolved else ""
+        raise ContractError(f"--search {search} is a search of the offline proposer, but the proposer is "
+                            f"{resolved}{why}. Add --proposer offline, or leave out --search.")
+    name = resolved
     if name == "offline":
+        if search == "optuna":
+            if importlib.util.find_spec("optuna") is None:
+                raise ContractError("--search optuna needs the optuna package, one of the agent's dependencies: "
+                                    "pip install -e '.[agent]' (or pip install optuna).")
+            from agent.proposers.optuna_search import OptunaProposer
+            return OptunaProposer(seed=args.seed)
         from agent.proposers.offline import OfflineProposer
         return OfflineProposer(seed=args.seed)
     if name in ("anthropic", "openai"):

@@ -119,6 +119,7 @@ def moves(const, level):
 class OfflineProposer:
     name = "offline"
     model = None
+    needs_program = False  # reads no program.md
 
     def __init__(self, seed=0):
         self.seed = seed
