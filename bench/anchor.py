@@ -209,6 +209,8 @@ def child(args):
     """Runs one canvas's main() under the profile, with the budget and overrides applied (a fresh process)."""
     from common.platform import get_profile
     profile = get_profile(args.profile, args.budget)
+    # The loader's budget guard reads the profile from the environment, as the agent fixes it for a run.
+    os.environ.update(AUTORESEARCH_PROFILE=profile.name, AUTORESEARCH_BUDGET=f"{profile.time_budget:g}")
     overrides = json.loads(args.override)
     if overrides:
         profile = dataclasses.replace(profile, **overrides)

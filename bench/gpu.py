@@ -32,6 +32,8 @@ def child(backend, profile_name, budget):
     from common.errors import run_cli
     from common.platform import get_profile
     profile = get_profile(profile_name, budget or None)    # the budget goes into the name: h100@60s
+    # The loader's budget guard reads the profile from the environment, as the agent fixes it for a run.
+    os.environ.update(AUTORESEARCH_PROFILE=profile.name, AUTORESEARCH_BUDGET=f"{profile.time_budget:g}")
     spec = importlib.util.spec_from_file_location(f"{backend}_train", REPO / "backends" / backend / "train.py")
     train = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(train)

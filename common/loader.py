@@ -10,18 +10,25 @@ By default every split is read in its files' order, every epoch the same, as ups
 training loss and val_bpb of a trainer depend on it: see docs/notes/fidelity.md). With a seed, training units
 (parquet row groups) are shuffled per epoch from it instead. Either way the same arguments give the same
 batches. A background thread packs ahead so the accelerator never waits.
+
+make_loader serves the training split only (the validation rows are evaluate_bpb's), and it is the budget
+guard: it counts the batches it hands out, knows when timed training began (after the profile's untimed
+steps) and stops serving once training runs past the profile's budget plus a slack (common/record.py).
 """
 
 import queue
 import threading
+import time
 from bisect import bisect_right, insort
 from collections import deque
 from itertools import chain
 
 import numpy as np
 
+from common import record
 from common.data import get_source, read_unit
 from common.errors import ContractError
+from common.platform import get_profile
 from common.tokenizer import Tokenizer
 
 TOKENIZE_BATCH = 128      # documents per tokenizer call, as upstream
@@ -39,6 +46,8 @@ def document_batches(source, tokenizer, split, seed=None):
     """Endless (token arrays, epoch) batches of BOS-prefixed documents, in the files' order every epoch, as
     upstream; with a seed, training units are shuffled per epoch by a generator seeded by (seed, epoch).
     Validation is always read in order, tokenized once and replayed."""
+    if split == "val":
+        record.note_val_read()
     source.verify()
     units = source.units(split)
     replay = [] if split == "val" else None
@@ -155,11 +164,53 @@ class Prefetcher:
         return item
 
 
+class BudgetedBatches(Prefetcher):
+    """make_loader's iterator: hands out the prefetched batches, counting them when they are taken (not when
+    the thread packs them), and stops serving once training runs past the budget. Timed training begins once
+    the profile's untimed steps are served, counted in tokens (untimed_steps x the profile's tokens per step).
+    The profile is the environment's ($AUTORESEARCH_PROFILE / $AUTORESEARCH_BUDGET, fixed by the agent), not
+    one the canvas passes; the counts are the run's, shared by all its loaders, so a fresh loader buys no
+    fresh untimed steps."""
+
+    def __init__(self, generator, depth, batch_tokens, profile):
+        super().__init__(generator, depth)
+        self.batch_tokens, self.profile = batch_tokens, profile
+        self.untimed_tokens = profile.untimed_steps * profile.total_batch_size
+        self.slack = max(0.1 * profile.time_budget, 5.0)  # an honest run must never trip it, even on a loaded CI host
+        self.counts = record.training_counts()
+
+    def __next__(self):
+        counts, now = self.counts, time.time()
+        if counts["timed_start_at"] is None and counts["tokens"] >= self.untimed_tokens:
+            counts["timed_start_at"] = now
+            counts["deadline_at"] = now + self.profile.time_budget + self.slack
+        if counts["deadline_at"] is not None and now > counts["deadline_at"]:
+            counts["stopped"] = True
+            p = self.profile
+            record.reject("budget", (
+                f"Training went past its budget: a training batch was asked for "
+                f"{now - counts['timed_start_at']:.1f} s after timed training began (after the profile's "
+                f"{p.untimed_steps} untimed steps), but the budget is {p.time_budget:g} s (plus {self.slack:g} s "
+                f"of slack), so the loader stopped serving. The budget is fixed by the profile ({p.name}), not by "
+                "train.py: the training loop must stop once its timed training reaches the profile's time_budget."))
+        item = super().__next__()
+        counts["batches"] += 1
+        counts["tokens"] += self.batch_tokens
+        counts["last_batch_at"] = time.time()
+        counts["first_batch_at"] = counts["first_batch_at"] or counts["last_batch_at"]
+        return item
+
+
 def make_loader(split, batch_size, seq_len, seed=None, source=None, tokenizer=None, prefetch=4):
-    """Endless (inputs, targets, epoch) batches for 'train' or 'val', packed in a background thread; seed
-    None reads the files in order every epoch (upstream), a seed shuffles the training units per epoch."""
-    assert split in ("train", "val"), split
+    """Endless (inputs, targets, epoch) training batches, packed in a background thread; seed None reads the
+    files in order every epoch (upstream), a seed shuffles the training units per epoch. `split` must be
+    'train': the validation rows are scored by evaluate_bpb only (eval_rows gives them to tools)."""
+    if split != "train":
+        record.reject("validation", (
+            f"make_loader was asked for the '{split}' split, but it serves the training split only: training "
+            "batches come from the training split, and the validation rows are scored by evaluate_bpb only. "
+            "Training on them would score the model on text it has seen; use make_loader('train', ...)."))
     source = source or get_source()
     tokenizer = tokenizer or Tokenizer.load(source)
-    packer = BestFitPacker(document_batches(source, tokenizer, split, seed))
-    return Prefetcher(packed_batches(packer, batch_size, seq_len), depth=prefetch)
+    packer = BestFitPacker(document_batches(source, tokenizer, "train", seed))
+    return BudgetedBatches(packed_batches(packer, batch_size, seq_len), prefetch, batch_size * seq_len, get_profile())

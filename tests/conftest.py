@@ -38,3 +38,15 @@ def prepared_env(repo_root, corpus, corpus_cache):
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
     return env
+
+
+@pytest.fixture
+def record_file(prepared_env, monkeypatch, tmp_path):
+    """The shared corpus prepared (smoke profile) and a fresh run record (common/record.py) to read back."""
+    from common import record
+    for var in ("AUTORESEARCH_CACHE", "AUTORESEARCH_DATA"):
+        monkeypatch.setenv(var, prepared_env[var])
+    monkeypatch.setenv("AUTORESEARCH_RECORD", str(tmp_path / "record.json"))
+    record.reset()
+    yield tmp_path / "record.json"
+    record.reset()

@@ -8,17 +8,22 @@ import pytest
 
 from commonkit import run_prepare, write_shards
 
-ENV_VARS = ("AUTORESEARCH_DATA", "AUTORESEARCH_PROFILE", "AUTORESEARCH_DATA_URL", "AUTORESEARCH_RETRY_BASE")
+ENV_VARS = ("AUTORESEARCH_DATA", "AUTORESEARCH_PROFILE", "AUTORESEARCH_BUDGET", "AUTORESEARCH_DATA_URL",
+            "AUTORESEARCH_RETRY_BASE", "AUTORESEARCH_RECORD", "AUTORESEARCH_NONCE")
 
 
 @pytest.fixture(autouse=True)
 def cache(tmp_path, monkeypatch):
-    """A fresh, empty cache for this test, and none of the user's AUTORESEARCH_* settings."""
+    """A fresh, empty cache for this test, none of the user's AUTORESEARCH_* settings, and a fresh run record
+    (common.record keeps one per process: the loader's counts, a rejection)."""
+    from common import record
     path = tmp_path / "cache"
     monkeypatch.setenv("AUTORESEARCH_CACHE", str(path))
     for var in ENV_VARS:
         monkeypatch.delenv(var, raising=False)
-    return path
+    record.reset()
+    yield path
+    record.reset()
 
 
 @dataclass

@@ -83,16 +83,17 @@ def test_special_tokens_are_masked(small_corpus):
 
 def test_loss_fn_always_gets_the_same_int32_shape(small_corpus):
     source, _ = small_corpus
-    shapes = []
+    shapes, shifted = [], []
 
     def recording(inputs, targets):
         shapes.append((inputs.shape, targets.shape, inputs.dtype, targets.dtype))
-        assert np.array_equal(inputs[:, 1:], targets[:, :-1])
+        shifted.append(np.array_equal(inputs[:, 1:], targets[:, :-1]))
         return uniform(inputs, targets)
 
     evaluate_bpb(recording, 48, SMOKE, source=source)            # 128 rows: 48 + 48 + 32 topped up
-    assert len(shapes) == 3
+    assert len(shapes) == 3 + 2                                  # the causality probe's repeat and perturbed batch
     assert set(shapes) == {((48, 64), (48, 64), np.dtype(np.int32), np.dtype(np.int32))}
+    assert shifted == [True, True, False, True, True]            # only the perturbed batch breaks the shift
 
 
 def test_eval_rows_are_fixed_by_the_profile(small_corpus, smoke_rows):

@@ -215,11 +215,16 @@ def test_packer_equals_upstreams_loop_on_random_lengths(buffer_size):
     assert np.array_equal(rows, next(theirs))
 
 
-def test_val_batches_equal_upstreams_loop_on_the_validation_split(small_corpus):
+def test_validation_rows_equal_upstreams_loop_on_the_validation_split(small_corpus):
+    """Validation rows come from eval_rows only (make_loader serves the training split): its rows of 512
+    are the first batch of upstream's val loader."""
+    import dataclasses
+    from common.evaluate import eval_rows
+    from common.platform import PROFILES
     source, tok = small_corpus
-    inputs, targets, _ = next(make_loader("val", 16, 512, source=source, tokenizer=tok))
+    profile = dataclasses.replace(PROFILES["smoke"], max_seq_len=512, eval_tokens=16 * 512)
     expected = next(upstream_rows(document_stream(tok, source.val_files), 16, 512))
-    assert np.array_equal(full_rows(inputs, targets), expected)
+    assert np.array_equal(eval_rows(profile, source, tok), expected)
 
 
 # ---------------------------------------------------------------------------------------------------------
