@@ -10,7 +10,8 @@ results; an executor only trains a prepared working copy and reports how it went
                              (job, None, []) when the infrastructure failed (the driver queues it again)
     executor.close()         stop whatever still runs (a kill of the driver)
 
-A job is trained once and, when its first result beats job.threshold, job.confirm more times (--confirm).
+A job is trained once and, when its first result beats job.threshold, re-run as agent.loop.reruns() says
+(--confirm K times, or once for a gain within 2 sd of job.noise).
 """
 
 import os
@@ -20,6 +21,7 @@ import subprocess
 import threading
 from dataclasses import dataclass
 
+from agent.loop import reruns
 from agent.runner import RunResult, kill_group, train
 from common.errors import ContractError
 
@@ -35,10 +37,12 @@ class Job:
     proposal: object          # the proposer's Proposal (for fixes, transcripts and the row)
     diff: str
     threshold: float          # run the confirmations when the first result is below this
+    noise: float | None = None    # the run's noise figure (sd), for the noise-aware keep
     text: str = ""            # the canvas to train
     confirm: int = 0
     fixes: int = 0
     rerun_of: int | None = None   # the row n of a candidate whose parent was overtaken, re-run on the new best
+    resumed: str | None = None    # the name of the job a kill interrupted, which this one runs again
     slot: str | None = None
     node: str | None = None       # where it ran: host (and Ray node), GPU
     gpu: str | None = None
@@ -48,8 +52,8 @@ class Job:
     propose_seconds: float = 0.0
 
 
-def train_and_confirm(run, name, confirm, threshold):
-    """run(name) -> RunResult once and, when its val_bpb is below threshold, `confirm` more times (named
+def train_and_confirm(run, name, confirm, threshold, noise=None):
+    """run(name) -> RunResult once and, when its val_bpb is below threshold, reruns() more times (named
     <name>-confirm<k>). Returns (the first result with every run's seconds, [val_bpb of each run]); a crash
     ends it with no values."""
     result = run(name)
@@ -57,7 +61,7 @@ def train_and_confirm(run, name, confirm, threshold):
         return result, []
     values = [result.summary["val_bpb"]]
     if values[0] < threshold:
-        for k in range(1, confirm + 1):
+        for k in range(1, reruns(values[0], threshold, confirm, noise) + 1):
             again = run(f"{name}-confirm{k}")
             if again.crashed:
                 return again, []
@@ -137,7 +141,7 @@ class LocalExecutor:
                          on_progress=lambda fraction, line: self.on_line(job, fraction, line),
                          on_start=lambda proc: self.procs.__setitem__(job.slot, proc))
 
-        return train_and_confirm(run, job.name, job.confirm, job.threshold)
+        return train_and_confirm(run, job.name, job.confirm, job.threshold, job.noise)
 
     def wait(self):
         job, result, values = self.done.get()
@@ -164,7 +168,7 @@ class DataMismatch(Exception):
     """A node's data is not the data the run's results are recorded against."""
 
 
-def run_on_node(canvas, text, env, timeout, name, confirm, threshold, data):
+def run_on_node(canvas, text, env, timeout, name, confirm, threshold, noise, data):
     """A Ray task: train the canvas text in a private copy of the project (the job's working directory, which
     Ray ships to every node) in a subprocess on this node, after checking that the node's data has the
     recorded hashes. Returns what the driver needs: the result, every run's val_bpb, the logs, where it ran."""
@@ -205,7 +209,7 @@ def run_on_node(canvas, text, env, timeout, name, confirm, threshold, data):
         return result
 
     try:
-        result, values = train_and_confirm(run, name, confirm, threshold)
+        result, values = train_and_confirm(run, name, confirm, threshold, noise)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     gpus = [str(g) for g in ray.get_gpu_ids()]
@@ -245,7 +249,7 @@ class RayExecutor:
     def submit(self, job):
         options = dict(num_gpus=1 if self.gpu else 0, num_cpus=1, max_retries=0)
         ref = self.task.options(**options).remote(self.canvas, job.text, self.env, self.timeout, job.name,
-                                                  job.confirm, job.threshold, self.data)
+                                                  job.confirm, job.threshold, job.noise, self.data)
         self.refs[ref] = job
 
     def wait(self):

@@ -1,7 +1,9 @@
 """The experiment loop: baseline, then propose -> commit -> train -> keep or revert -> log, until told to stop.
 
 Git state always follows the log: the branch tip is the last row with status 'keep'. After any interruption,
---resume resets the branch to that commit and carries on, so no row is lost or written twice.
+--resume resets the branch to that commit and carries on, so no row is lost or written twice. The experiments
+that were training (runs/<tag>/inflight.json) are run again first, and any training a killed driver left
+running is stopped.
 """
 
 import json
@@ -10,11 +12,13 @@ import statistics
 import time
 from datetime import datetime, timezone
 
-from agent.git import Git
+from agent.git import Git, apply_change
+from agent.integrity import rejection
 from agent.proposers import make_proposer
-from agent.proposers.base import Context, NoProposal
-from agent.results import RunFolder
-from agent.runner import train
+from agent.proposers.base import Context, NoProposal, Proposal
+from agent.results import RunFolder, noise_figure
+from agent.runner import stop_leftovers, train
+from agent.strategy import parent_summary, pick_parent
 from agent.view import make_view
 from common.errors import ContractError
 from common.platform import get_profile
@@ -56,6 +60,7 @@ class Lab:
         if args.data:
             self.env["AUTORESEARCH_DATA"] = os.path.abspath(args.data)
         self.data = data_identity(self.env.get("AUTORESEARCH_DATA"))
+        self.fingerprint = None  # the baseline's evaluation rows, which every later run must score
 
     def read_canvas(self):
         with open(os.path.join(self.root, self.canvas)) as f:
@@ -70,7 +75,13 @@ class Lab:
                                        on_progress=view.line))
 
     def check_result(self, result):
-        """The run's result, with its summary dropped (a crash) if it reports another backend or profile."""
+        """The run's result, with its summary dropped if agent.integrity rejects it (result.rejected names the
+        trick) or if it reports another backend or profile (a crash)."""
+        verdict = rejection(result.summary, result.record, result.nonce, self.profile, self.fingerprint)
+        if verdict:
+            result.rejected, reason = verdict
+            result.summary, result.error = None, f"Rejected ({result.rejected}): {reason}"
+            return result
         s = result.summary
         if s and (s["profile"] != self.profile.name or s["backend"] != self.args.backend):
             result.summary = None
@@ -99,7 +110,7 @@ class Loop:
         self.proposer = make_proposer(args.proposer, args)
         path = os.path.join(self.lab.root, "program.md")
         self.program = open(path).read() if os.path.exists(path) else ""
-        if not self.program and self.proposer.name != "offline":
+        if not self.program and getattr(self.proposer, "needs_program", True):
             raise ContractError(f"{path} is missing. The LLM proposers read the research direction from it; "
                                 "restore it from git or write one.")
         self.info = {"proposer": self.proposer.name, "profile": self.lab.profile.name, "backend": args.backend,
@@ -131,16 +142,49 @@ class Loop:
         kept = [r for r in self.rows if r["status"] == "keep"]
         if kept:
             tip = kept[-1]["commit"]
-            if not git.is_ancestor(tip, "HEAD") or int(git.run("rev-list", "--count", f"{tip}..HEAD")) > 1:
+            before = git.run("rev-parse", f"{tip}^", check=False)  # a kill between logging a keep and moving
+            logged_not_moved = bool(before) and before in (git.head(), git.run("rev-parse", "HEAD^", check=False))
+            if not logged_not_moved and (not git.is_ancestor(tip, "HEAD")
+                                         or int(git.run("rev-list", "--count", f"{tip}..HEAD")) > 1):
                 raise ContractError(f"{branch} does not end at the last kept commit {tip[:7]} of {folder.jsonl} (or "
                                     "one interrupted experiment after it): it was changed by hand. Restore it "
                                     "(git reset) or start a new --tag.")
             git.reset_hard(tip)  # drops an experiment that was interrupted before it was logged
         self.tip = git.head()
         self.best = kept[-1]["val_bpb"] if kept else None
+        self.lab.fingerprint = baseline_fingerprint(self.rows)
         self.fixed = git.checksums(skip=self.canvas)
-        noise = [r["val_bpb"] for r in folder.noise_rows() if r.get("val_bpb") is not None]
-        self.noise = statistics.stdev(noise) if len(noise) > 1 else None
+        self.noise = noise_figure(self.rows, folder.noise_rows())[0]
+        self.leftovers = stop_leftovers(folder.logs, self.canvas) if args.resume else 0
+        self.pending = []   # interrupted experiments to run again, as journal entries (see resume_interrupted)
+        self.blobs = {}     # commit -> the canvas's blob id (canvas_id)
+
+    def resume_interrupted(self):
+        """The experiments a kill interrupted (in inflight.json, not logged), set up to run again from the current
+        best, first of all; one whose change no longer applies there is logged as 'invalid' with that reason."""
+        if self.leftovers:
+            self.view.message(f"stopped {self.leftovers} training(s) that the killed driver had left running")
+        logged = {r.get("job") for r in self.rows}
+        for e in self.folder.inflight_jobs() if self.args.resume else []:
+            if e["name"] in logged:
+                continue
+            text = e["text"] if e["parent"] == self.tip else \
+                apply_change(self.git, e["parent"], e.get("commit") or e["parent"], self.tip, self.canvas)
+            if text is None:
+                self.record({"n": len(self.rows), "kind": "experiment", "status": "invalid", "job": e["name"],
+                             "description": f"{e['description']}: interrupted by a kill, and its change no longer "
+                             f"applies to the current best ({self.tip[:7]})", "commit": None, "val_bpb": None,
+                             "proposer": self.proposer.name, "tokens_in": e.get("tokens_in", 0),
+                             "tokens_out": e.get("tokens_out", 0), "cost_usd": e.get("cost_usd"),
+                             "finished_at": now_iso()})
+                continue
+            self.pending.append({**e, "text": text, "parent": self.tip, "commit": None})
+            self.view.message(f"interrupted by the kill, run again: {e['description']}")
+        self.save_journal()
+
+    def save_journal(self, *current):
+        """inflight.json: the experiment training now (if any) and the interrupted ones still to run."""
+        self.folder.save_inflight([*current, *self.pending])
 
     def run(self):
         self.setup()
@@ -157,6 +201,7 @@ class Loop:
             try:
                 if self.best is None:
                     self.baseline()
+                self.resume_interrupted()
                 invalid_in_a_row = 0
                 while not self.should_stop():
                     outcome = self.experiment(len(self.rows))
@@ -215,13 +260,15 @@ class Loop:
     def baseline(self):
         started = time.monotonic()
         self.view.start(0, "baseline")
-        result, values = self.measure(0, first_only_if_better=False)
+        result, values = self.measure(0, baseline=True)
         if result.crashed:
             raise ContractError(f"The baseline run of {self.canvas} failed, so there is nothing to improve on. "
                                 f"{result.error} The log is {self.folder.log_path('000')}; its end:\n"
                                 + "\n".join(result.tail[-15:]))
         self.best = statistics.fmean(values)
         row = make_row(0, "baseline", "keep", "baseline", self.tip, None, result, values, None, started, 0.0, self.info)
+        self.lab.fingerprint = baseline_fingerprint([row])
+        self.noise = noise_figure([row], self.folder.noise_rows())[0]
         self.record(row)
         self.view.finish(row, self.best)
 
@@ -231,9 +278,13 @@ class Loop:
         git, canvas, lab = self.git, self.canvas, self.lab
         started = time.monotonic()
         self.view.start(n, "(proposing)")
-        ctx = self.context()
+        parent = self.choose_parent() if not self.pending else self.choose_parent(greedy=True)
+        if parent["commit"] != self.tip:
+            lab.write_canvas(git.show(parent["commit"], canvas))  # --strategy tree: edit another canvas
+        ctx = self.context(parent=parent)
+        resumed = self.pending[0]["name"] if self.pending else None
         try:
-            proposal = self.proposer.propose(ctx)
+            proposal = entry_proposal(self.pending.pop(0)) if resumed else self.proposer.propose(ctx)
             if (proposal.text if proposal.text is not None else lab.read_canvas()) == ctx.text:
                 raise NoProposal("The proposal leaves the canvas unchanged.")
         except NoProposal as e:
@@ -241,6 +292,7 @@ class Loop:
                 self.view.message(f"done: {e}")
                 return "exhausted"
             self.record_invalid(e)
+            self.save_journal()
             return "invalid"
         propose_s = time.monotonic() - started
         self.save_transcript(f"{n:03d}", proposal)
@@ -248,12 +300,13 @@ class Loop:
         if proposal.text is not None:
             lab.write_canvas(proposal.text)
         commit = git.commit_file(canvas, proposal.description)
-        diff = git.diff(self.tip, commit, canvas)
+        self.save_journal(journal_entry(f"{n:03d}", proposal, lab.read_canvas(), self.tip, commit))
+        diff = git.diff(parent["commit"], commit, canvas)
         diff_files = [self.folder.save_diff(f"{n:03d}", diff)]
-        result, values = self.measure(n, first_only_if_better=True)
+        result, values = self.measure(n)
 
         fixes = 0
-        while result.crashed and fixes < self.args.fix_attempts:
+        while result.crashed and not result.rejected and fixes < self.args.fix_attempts:
             self.view.phase(f"fixing {fixes + 1}/{self.args.fix_attempts}")
             t = time.monotonic()
             fix = self.proposer.fix(self.context(), proposal, result.feedback())
@@ -265,21 +318,23 @@ class Loop:
             self.save_transcript(f"{n:03d}-fix{fixes}", fix)
             if fix.text is not None:
                 lab.write_canvas(fix.text)
-            if lab.read_canvas() == git.show(self.tip, canvas):
+            if lab.read_canvas() == ctx.text:
                 result.error += " The proposed fix undid the whole change, so the experiment ends here."
                 break
             commit = git.amend_file(canvas, proposal.description)
-            diff = git.diff(self.tip, commit, canvas)
+            diff = git.diff(parent["commit"], commit, canvas)
             diff_files.append(self.folder.save_diff(f"{n:03d}-fix{fixes}", diff))
-            result, values = self.measure(n, first_only_if_better=True)
+            result, values = self.measure(n)
 
         if result.crashed:
-            status = "crash"
+            status = "rejected" if result.rejected else "crash"
         else:
             status = "keep" if statistics.fmean(values) < self.best else "discard"
-        row = make_row(n, "experiment", status, proposal.description, commit, self.tip, result, values, proposal,
+        row = make_row(n, "experiment", status, proposal.description, commit, parent["commit"], result, values, proposal,
                        started, propose_s, self.info, diff=diff, diff_files=diff_files, fixes=fixes)
+        row.update(job=f"{n:03d}", resumed=resumed)
         self.record(row)  # the log first: a kill between the two steps is repaired by --resume
+        self.save_journal()
         if status == "keep":
             self.tip, self.best = commit, row["val_bpb"]
         else:
@@ -287,9 +342,25 @@ class Loop:
         self.view.finish(row, self.best)
         return status
 
-    def context(self):
+    def context(self, parent=None):
+        """What the proposer reads: the canvas as it is in the working tree, and under --strategy tree which
+        parent that is."""
+        summary = parent_summary(parent, self.rows, self.best) if parent and self.args.strategy == "tree" else None
         return Context(self.lab.root, self.canvas, self.lab.read_canvas(), self.rows, self.program,
-                       self.args.backend, self.lab.profile, self.best, self.noise)
+                       self.args.backend, self.lab.profile, self.best, self.noise, parent=summary)
+
+    def choose_parent(self, in_flight_parents=(), greedy=False):
+        """The row whose canvas the next experiment edits: the best (the tip) under --strategy greedy (and for
+        an interrupted experiment run again), the UCB rule's pick among the frontier under tree (strategy.py)."""
+        if self.args.strategy == "tree" and not greedy:
+            return pick_parent(self.rows, self.canvas_id, self.noise, in_flight_parents)
+        return {"n": None, "commit": self.tip, "val_bpb": self.best}
+
+    def canvas_id(self, commit):
+        """The canvas's git blob at a commit: equal canvases, equal ids."""
+        if commit not in self.blobs:
+            self.blobs[commit] = self.git.run("rev-parse", f"{commit}:{self.canvas}", check=False) or commit
+        return self.blobs[commit]
 
     def verify_fixed(self, git=None, rev=None):
         """Restore any fixed file that changed in a working tree (the repo's, else git's) from rev (the tip,
@@ -301,9 +372,9 @@ class Loop:
             git.run("checkout", "-q", rev, "--", *changed)
         return changed
 
-    def measure(self, n, first_only_if_better):
-        """Train once (plus --confirm reruns when it looks like a gain, or always for the baseline).
-        Returns (result, [val_bpb, ...])."""
+    def measure(self, n, baseline=False):
+        """Train once, plus reruns: for the baseline, up to --baseline-runs in all; for a candidate gain, see
+        reruns(). Returns (result, [val_bpb, ...])."""
         bad = self.verify_fixed()
         if bad:
             self.view.message(f"restored fixed files before training: {', '.join(bad)}")
@@ -315,8 +386,9 @@ class Loop:
         if result.crashed:
             return result, []
         values = [result.summary["val_bpb"]]
-        confirm = self.args.confirm
-        if confirm and (not first_only_if_better or values[0] < self.best):
+        confirm = baseline_runs(self.args, self.lab.profile) - 1 if baseline else \
+            reruns(values[0], self.best, self.args.confirm, self.noise)
+        if confirm:
             for k in range(1, confirm + 1):
                 self.view.phase(f"confirming {k}/{confirm}")
                 again = self.lab.train_once(f"{n:03d}-confirm{k}", self.view)
@@ -349,6 +421,37 @@ def run(args):
     return ParallelLoop(args, slots).run()
 
 
+def journal_entry(name, proposal, text, parent, commit, **more):
+    """What inflight.json keeps of a started experiment, enough to run it again after a kill."""
+    return {"name": name, "description": proposal.description, "text": text, "parent": parent, "commit": commit,
+            "meta": proposal.meta, "tokens_in": proposal.tokens_in, "tokens_out": proposal.tokens_out,
+            "cost_usd": proposal.cost_usd, **more}
+
+
+def entry_proposal(entry):
+    return Proposal(entry["description"], entry["text"], entry.get("meta") or {}, entry.get("tokens_in", 0),
+                    entry.get("tokens_out", 0), entry.get("cost_usd"))
+
+
+def baseline_runs(args, profile):
+    """How many times the baseline trains: --baseline-runs K (default 2 on GPU profiles, where runs are long
+    and the noise matters, 1 on the cpu and smoke ones), at least 1 + --confirm."""
+    k = args.baseline_runs
+    if k is None:
+        k = 1 if profile.name.split("@")[0] in ("cpu", "smoke") else 2
+    return max(k, 1 + args.confirm)
+
+
+def reruns(value, best, confirm, noise):
+    """The noise-aware keep: a result that beats the best is re-run before it is kept (and kept on the mean)
+    --confirm K times, or, without --confirm, once when its gain is smaller than 2 sd of the noise."""
+    if value >= best:
+        return 0
+    if confirm:
+        return confirm
+    return 1 if noise and best - value < 2 * noise else 0
+
+
 def add_usage(proposal, fix):
     """Count a fix's tokens and cost into the proposal it fixes."""
     proposal.tokens_in += fix.tokens_in
@@ -370,6 +473,8 @@ def make_row(n, kind, status, description, commit, parent, result, values, propo
         "memory_gb": round(s["peak_vram_mb"] / 1024, 3) if s else None,
         "summary": s or None,
         "error": None if not result.crashed else result.feedback()[-4000:],
+        "rejected": result.rejected,
+        "score_record": result.record,
         "timed_out": result.timed_out,
         "fix_attempts": fixes,
         "proposer": run_info["proposer"] if proposal else None,
@@ -385,6 +490,14 @@ def make_row(n, kind, status, description, commit, parent, result, values, propo
         "profile": run_info["profile"], "backend": run_info["backend"], "tag": run_info["tag"],
         "data": run_info["data"], "finished_at": now_iso(),
     }
+
+
+def baseline_fingerprint(rows):
+    """The evaluation rows' fingerprint recorded by the baseline run, or None (no baseline yet, or an old log)."""
+    for r in rows:
+        if r.get("kind") == "baseline":
+            return (r.get("score_record") or {}).get("eval_fingerprint")
+    return None
 
 
 def typical_seconds(rows):

@@ -10,7 +10,8 @@ The rule (also in the README):
   'rebase'; the re-run's row (rerun_of) carries the verdict. A change that no longer applies is discarded
   with that reason;
 - rows are logged as experiments end, numbered in that order; each names its worker, its slot (the GPU), its
-  parent and its start and end times.
+  parent and its start and end times;
+- runs/<tag>/inflight.json lists the jobs training or queued; after a kill, --resume runs them again first.
 
 This driver alone touches git and the results. Each slot trains in its own git worktree,
 runs/<tag>/worktrees/<slot>, checked out at the commit of its current experiment.
@@ -19,16 +20,17 @@ runs/<tag>/worktrees/<slot>, checked out at the commit of its current experiment
 import os
 import shutil
 import statistics
-import subprocess
-import tempfile
 import time
 
 from rich.console import Console
 
 from agent.executor import Job, LocalExecutor
-from agent.git import Git
-from agent.loop import Loop, add_usage, make_row, now_iso
+from agent.git import Git, apply_change
+from agent.loop import (Loop, add_usage, baseline_fingerprint, baseline_runs, entry_proposal, journal_entry,
+                        make_row, now_iso)
 from agent.proposers.base import Context, NoProposal
+from agent.results import noise_figure
+from agent.strategy import parent_summary
 from agent.view import PlainView, State
 from common.errors import ContractError
 
@@ -61,7 +63,9 @@ class ParallelLoop(Loop):
     def run(self):
         self.setup()
         args, p = self.args, self.lab.profile
-        executor = self.make_executor()
+        names = [r.get("job") or "" for r in self.rows] + [e["name"] for e in self.folder.inflight_jobs()]
+        self.jobs = max((int(n[1:]) for n in names if n[:1] == "j" and n[1:].isdigit()), default=0)
+        self.ex = executor = self.make_executor()
         if self.slots is None:
             where = f"Ray at {args.ray_address}: " + (f"{len(executor.slots)} GPUs" if executor.gpu
                                                          else f"{len(executor.slots)} CPU tasks")
@@ -80,6 +84,7 @@ class ParallelLoop(Loop):
                     self.fresh_worktree(slot)
                 if self.best is None:
                     self.baseline_on(executor)
+                self.resume_interrupted()
                 self.schedule(executor)
             except KeyboardInterrupt:
                 self.stop(executor)
@@ -115,7 +120,8 @@ class ParallelLoop(Loop):
         Git(self.worktree(slot)).run("checkout", "-q", "--force", "--detach", self.tip)
         job = Job(name="000", workdir=self.worktree(slot), commit=self.tip, parent=self.tip,
                   parent_value=float("inf"), description="baseline", proposal=None, diff="",
-                  threshold=float("inf"), confirm=self.args.confirm, slot=slot, started=time.monotonic(),
+                  threshold=float("inf"), confirm=baseline_runs(self.args, self.lab.profile) - 1, slot=slot,
+                  started=time.monotonic(),
                   started_at=now_iso(), text=self.lab.read_canvas())
         self.view.message(f"[{slot}] baseline ...")
         for attempt in range(3):
@@ -124,6 +130,8 @@ class ParallelLoop(Loop):
             if result is not None:
                 break
             self.view.message(f"[{slot}] the baseline lost its worker ({job.infra_error}); again")
+        if result is not None:
+            result = self.lab.check_result(result)
         if result is None or result.crashed:
             why = result.error if result else job.infra_error
             raise ContractError(f"The baseline run of {self.canvas} failed, so there is nothing to improve on. "
@@ -132,9 +140,28 @@ class ParallelLoop(Loop):
         row = make_row(0, "baseline", "keep", "baseline", self.tip, None, result, values, None, job.started, 0.0,
                        self.info)
         row.update(worker=self.slots.index(slot), slot=slot, gpu=job.gpu, node=job.node, started_at=job.started_at,
-                   log="logs/000.log")
+                   log="logs/000.log", job="000")
+        self.lab.fingerprint = baseline_fingerprint([row])
+        self.noise = noise_figure([row], self.folder.noise_rows())[0]
         self.record(row)
         self.view.finish(row, self.best)
+
+    def resume_interrupted(self):
+        super().resume_interrupted()
+        for e in self.pending:  # to the front of the queue, as jobs from the current best
+            self.jobs += 1
+            self.reruns.append(Job(
+                name=f"j{self.jobs:03d}", workdir="", commit="", parent=self.tip, parent_value=self.best,
+                description=e["description"], proposal=entry_proposal(e), diff="", threshold=self.best,
+                confirm=self.args.confirm, noise=self.noise, rerun_of=e.get("rerun_of"), fixes=e.get("fixes", 0),
+                text=e["text"], resumed=e["name"]))
+        self.pending = []
+        self.save_journal()
+
+    def save_journal(self, *current):
+        jobs = list(self.ex.running.values()) + self.reruns
+        self.folder.save_inflight([journal_entry(j.name, j.proposal, j.text, j.parent, j.commit or None,
+                                                 rerun_of=j.rerun_of, fixes=j.fixes) for j in jobs])
 
     # -- scheduling -----------------------------------------------------------------------------------------
 
@@ -155,6 +182,7 @@ class ParallelLoop(Loop):
                     self.checkout(job)
                     self.view.message(f"[{job.slot}] start {job.name}: {job.description}")
                     ex.submit(job)
+            self.save_journal()
             if not ex.running:
                 if self.ended_because:
                     self.view.message(f"done: {self.ended_because}")
@@ -166,6 +194,7 @@ class ParallelLoop(Loop):
                 self.reruns.insert(0, job)
                 continue
             self.judge(job, result, values)
+            self.save_journal()
 
     def may_start(self, in_flight):
         """Whether a new proposal may start now (re-runs of started experiments always may)."""
@@ -176,10 +205,11 @@ class ParallelLoop(Loop):
         jobs = list(ex.running.values()) + self.reruns
         return [{"description": j.description, "diff": j.diff, "meta": j.proposal.meta} for j in jobs]
 
-    def context(self, ex=None, text=None):
+    def context(self, ex=None, text=None, parent=None):
+        summary = parent_summary(parent, self.rows, self.best) if parent and self.args.strategy == "tree" else None
         return Context(self.lab.root, self.canvas, self.lab.read_canvas() if text is None else text, self.rows,
                        self.program, self.args.backend, self.lab.profile, self.best, self.noise,
-                       in_flight=self.in_flight(ex) if ex else [])
+                       in_flight=self.in_flight(ex) if ex else [], parent=summary)
 
     def next_job(self, ex):
         """The next job: a prepared re-run, else a new proposal from the current best. 'exhausted' when the
@@ -187,7 +217,10 @@ class ParallelLoop(Loop):
         if self.reruns:
             return self.reruns.pop(0)
         started = time.monotonic()
-        ctx = self.context(ex)
+        parent = self.choose_parent([j.parent for j in list(ex.running.values()) + self.reruns])
+        if parent["commit"] != self.tip:
+            self.lab.write_canvas(self.git.show(parent["commit"], self.canvas))  # --strategy tree
+        ctx = self.context(ex, parent=parent)
         try:
             proposal = self.proposer.propose(ctx)
             text = proposal.text if proposal.text is not None else self.lab.read_canvas()
@@ -203,9 +236,9 @@ class ParallelLoop(Loop):
         self.jobs += 1
         name = f"j{self.jobs:03d}"
         self.save_transcript(name, proposal)
-        return Job(name=name, workdir="", commit="", parent=self.tip, parent_value=self.best,
+        return Job(name=name, workdir="", commit="", parent=parent["commit"], parent_value=parent["val_bpb"],
                    description=proposal.description, proposal=proposal, diff="", threshold=self.best,
-                   confirm=self.args.confirm, started=started, started_at=now_iso(),
+                   confirm=self.args.confirm, noise=self.noise, started=started, started_at=now_iso(),
                    propose_seconds=time.monotonic() - started, text=text)
 
     def checkout(self, job):
@@ -228,29 +261,33 @@ class ParallelLoop(Loop):
             result.summary, values = None, []
             result.error = f"The run changed fixed files ({', '.join(bad)}); they were restored."
         result = self.lab.check_result(result)
-        if result.crashed and job.fixes < self.args.fix_attempts and self.fix(job, result):
+        if result.crashed and not result.rejected and job.fixes < self.args.fix_attempts and self.fix(job, result):
             return
         n = len(self.rows)
         value = statistics.fmean(values) if values else None
         if result.crashed:
-            status = "crash"
+            status = "rejected" if result.rejected else "crash"
         elif value < job.parent_value and value < self.best:
-            status = "keep" if job.parent == self.tip else "rebase"
+            status = "keep" if job.parent == self.tip or self.args.strategy == "tree" else "rebase"
         else:
             status = "discard"
         diff_files = [self.folder.save_diff(f"{n:03d}", job.diff)]
         row = make_row(n, "experiment", status, job.description, job.commit, job.parent, result, values, job.proposal,
                        job.started, job.propose_seconds, self.info, diff=job.diff, diff_files=diff_files, fixes=job.fixes)
         row.update(worker=self.slots.index(job.slot), slot=job.slot, gpu=job.gpu, node=job.node,
-                   started_at=job.started_at, log=f"logs/{job.name}.log", rerun_of=job.rerun_of)
+                   started_at=job.started_at, log=f"logs/{job.name}.log", rerun_of=job.rerun_of, job=job.name,
+                   resumed=job.resumed)
         if status == "rebase" and not self.rebase(job, n):
             row["status"] = status = "discard"
             row["error"] = (f"Its change no longer applies to the current best ({self.tip[:7]}), which moved while "
                             "it trained; dropped.")
+        if status == "keep" and job.parent != self.tip:  # --strategy tree: the branch takes the canvas as it is
+            row.update(commit=self.git.run("commit-tree", f"{job.commit}^{{tree}}", "-p", self.tip, "-m",
+                                           job.description), trained_commit=job.commit)
         self.record(row)  # the log first: a kill between the two steps is repaired by --resume
         if status == "keep":
-            self.git.reset_hard(job.commit)
-            self.tip, self.best = job.commit, value
+            self.git.reset_hard(row["commit"])
+            self.tip, self.best = row["commit"], value
         self.view.finish(row, self.best)
 
     def fix(self, job, result):
@@ -279,24 +316,6 @@ class ParallelLoop(Loop):
         self.reruns.append(Job(
             name=f"j{self.jobs:03d}", workdir="", commit="", parent=self.tip, parent_value=self.best,
             description=f"{job.description} (re-run of {n} on {self.tip[:7]})", proposal=job.proposal, diff="",
-            threshold=self.best, confirm=self.args.confirm, rerun_of=n, text=new))
+            threshold=self.best, confirm=self.args.confirm, noise=self.noise, rerun_of=n, text=new))
         return True
 
-
-def apply_change(git, parent, commit, base, path):
-    """The text of `path` at commit `base` with the change parent -> commit applied, or None when it does not
-    apply: first as a patch with context (found even where lines moved), then without context for changes
-    next to lines the new best changed too (one constant edit beside another)."""
-    for context in ("3", "0"):
-        diff = git.run("diff", f"-U{context}", parent, commit, "--", path) + "\n"
-        with tempfile.TemporaryDirectory() as tmp:
-            target = os.path.join(tmp, path)
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            with open(target, "w") as f:
-                f.write(git.show(base, path))
-            out = subprocess.run(["git", "apply", "--whitespace=nowarn", *(["--unidiff-zero"] if context == "0" else []),
-                                  "-"], cwd=tmp, input=diff, text=True, capture_output=True)
-            if out.returncode == 0:
-                with open(target) as f:
-                    return f.read()
-    return None

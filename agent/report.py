@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from agent.results import noise_figure  # noqa: E402
 from common.errors import ContractError  # noqa: E402
 
 
@@ -24,7 +25,7 @@ def gains(rows):
 
 
 def plot(rows, noise_rows, path, title):
-    done = [r for r in rows if r["status"] in ("keep", "discard", "crash")]
+    done = [r for r in rows if r["status"] in ("keep", "discard", "crash", "rejected")]
     measured = [r for r in done if r.get("val_bpb") is not None]
     baseline = measured[0]["val_bpb"]
     best_val = min(r["val_bpb"] for r in measured)
@@ -59,6 +60,11 @@ def plot(rows, noise_rows, path, title):
         y = hi - 0.04 * (hi - lo)
         ax.scatter([r["n"] for r in crashes], [y] * len(crashes), marker="x", s=55, color="tab:red", zorder=3,
                    linewidth=2, label=f"crashed ({len(crashes)})")
+    rejected = [r for r in done if r["status"] == "rejected"]
+    if rejected:
+        y = hi - 0.08 * (hi - lo)
+        ax.scatter([r["n"] for r in rejected], [y] * len(rejected), marker="s", s=40, color="tab:purple", zorder=3,
+                   label=f"rejected: score not trusted ({len(rejected)})")
     xs, ys, best = [], [], None
     for r in done:
         if r["status"] == "keep":
@@ -87,12 +93,12 @@ def plot(rows, noise_rows, path, title):
 
 
 def markdown(rows, noise_rows, title):
-    done = [r for r in rows if r["status"] in ("keep", "discard", "crash")]
+    done = [r for r in rows if r["status"] in ("keep", "discard", "crash", "rejected")]
     exps = [r for r in done if r.get("kind") == "experiment"]
     invalid = [r for r in rows if r["status"] == "invalid"]
     base = done[0]
     best = min((r for r in done if r["status"] == "keep"), key=lambda r: r["val_bpb"])
-    count = {s: sum(1 for r in exps if r["status"] == s) for s in ("keep", "discard", "crash")}
+    count = {s: sum(1 for r in exps if r["status"] == s) for s in ("keep", "discard", "crash", "rejected")}
     minutes = statistics.fmean(r["total_seconds"] for r in done) / 60 if done else 0.0
     tin = sum(r.get("tokens_in") or 0 for r in rows)
     tout = sum(r.get("tokens_out") or 0 for r in rows)
@@ -111,6 +117,7 @@ def markdown(rows, noise_rows, title):
         f"| best val_bpb | {best['val_bpb']:.6f} (experiment {best['n']}, commit {best['commit'][:7]}) |",
         f"| total improvement | {delta:.6f} ({100 * delta / base['val_bpb']:.2f} %) |",
         f"| experiments | {len(exps)}: kept {count['keep']}, discarded {count['discard']}, crashed {count['crash']}"
+        + (f", rejected {count['rejected']}" if count["rejected"] else "")
         + (f"; {len(invalid)} proposals could not be applied" if invalid else "") + " |",
         f"| keep rate | {100 * count['keep'] / len(exps):.0f} % |" if exps else "| keep rate | - |",
         f"| crashes | {count['crash']} |",
@@ -120,13 +127,12 @@ def markdown(rows, noise_rows, title):
         f"| LLM cost | {cost} |",
         f"| confirmation reruns | {confirm} per candidate gain |",
     ]
-    noise = [r["val_bpb"] for r in noise_rows if r.get("val_bpb") is not None]
-    sd = statistics.stdev(noise) if len(noise) > 1 else None
+    sd, runs, source = noise_figure(rows, noise_rows)
     if sd is not None:
-        lines.append(f"| baseline noise | std {sd:.6f} over {len(noise)} runs (range {max(noise) - min(noise):.6f});"
-                     f" gains below {2 * sd:.6f} are within 2 sd |")
+        lines.append(f"| baseline noise | std {sd:.6f} over {runs} runs ({source}); gains below {2 * sd:.6f} are "
+                     "within 2 sd and were re-run before they were kept |")
     else:
-        lines.append("| baseline noise | not measured (python -m agent noise --runs K) |")
+        lines.append("| baseline noise | not measured (--baseline-runs K, or python -m agent noise --runs K) |")
     lines += ["", "![progress](progress.png)", "", "## Kept changes, ranked by gain", ""]
     ranked = sorted(gains(rows), key=lambda g: -g[0])
     if ranked:

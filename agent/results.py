@@ -6,8 +6,9 @@ from it, so the two never disagree even after a kill.
 
 import json
 import os
+import statistics
 
-TSV_STATUSES = ("keep", "discard", "crash")  # 'invalid' (no applicable edit) rows live in results.jsonl only
+TSV_STATUSES = ("keep", "discard", "crash", "rejected")  # 'invalid' (no applicable edit) rows live in results.jsonl only
 TSV_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
 
 
@@ -19,6 +20,7 @@ class RunFolder:
         self.diffs = os.path.join(self.path, "diffs")
         self.logs = os.path.join(self.path, "logs")
         self.noise = os.path.join(self.path, "noise.jsonl")
+        self.inflight = os.path.join(self.path, "inflight.json")
 
     def create(self):
         for d in (self.path, self.diffs, self.logs):
@@ -53,11 +55,38 @@ class RunFolder:
     def log_path(self, name):
         return os.path.join(self.logs, f"{name}.log")
 
+    def save_inflight(self, jobs):
+        """The experiments started (or queued) but not logged yet, rewritten whole: what --resume re-runs."""
+        tmp = self.inflight + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(jobs, f)
+        os.replace(tmp, self.inflight)
+
+    def inflight_jobs(self):
+        try:
+            with open(self.inflight) as f:
+                jobs = json.load(f)
+        except (OSError, ValueError):
+            return []
+        return jobs if isinstance(jobs, list) else []
+
     def append_noise(self, row):
         _append_line(self.noise, row)
 
     def noise_rows(self):
         return read_jsonl(self.noise)
+
+
+def noise_figure(rows, noise_rows):
+    """(sd, runs, where from) of the baseline's run-to-run val_bpb: `make noise` (noise.jsonl) when it has two
+    runs or more, else the baseline's own runs (--baseline-runs K); (None, 0, None) when neither has two."""
+    noise = [r["val_bpb"] for r in noise_rows if r.get("val_bpb") is not None]
+    if len(noise) > 1:
+        return statistics.stdev(noise), len(noise), "make noise"
+    runs = next((r.get("val_bpb_runs") or [] for r in rows if r.get("kind") == "baseline"), [])
+    if len(runs) > 1:
+        return statistics.stdev(runs), len(runs), "the baseline's runs"
+    return None, 0, None
 
 
 def tsv_line(r):

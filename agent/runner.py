@@ -1,7 +1,9 @@
 """Train one canvas in a subprocess with a hard timeout, streaming its output to a log and to the view."""
 
+import json
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -25,6 +27,9 @@ class RunResult:
     timed_out: bool = False
     error: str | None = None          # why there is no summary
     tail: list = field(default_factory=list)
+    record: dict | None = None        # what common.evaluate recorded for this run (see agent/integrity.py)
+    nonce: str | None = None          # the run's AUTORESEARCH_NONCE, which the record must carry
+    rejected: str | None = None       # the trick, when agent.integrity rejected the run
 
     @property
     def crashed(self):
@@ -37,13 +42,22 @@ class RunResult:
 
 def train(root, canvas, env, timeout, log_path, on_progress=None, on_start=None):
     """Run `python <canvas>` from the repo root; kill its whole process group past `timeout` seconds.
-    on_progress(fraction or None, line) is called for every output line; on_start(proc) once it started."""
+    on_progress(fraction or None, line) is called for every output line; on_start(proc) once it started.
+    The run gets a fresh nonce and a record path (<log>.record.json) in its environment; what common.evaluate
+    writes there comes back in result.record. While it runs, <log>.pid holds its process group, so that a
+    driver killed outright can stop it when resumed (stop_leftovers)."""
     started = time.monotonic()
     lines = []
+    nonce, record_path = secrets.token_hex(8), log_path + ".record.json"
+    if os.path.exists(record_path):
+        os.remove(record_path)
+    env = dict(env, AUTORESEARCH_NONCE=nonce, AUTORESEARCH_RECORD=record_path)
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, canvas], cwd=root, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
                                 errors="replace", bufsize=1, start_new_session=True)
+        with open(log_path + ".pid", "w") as f:
+            f.write(f"{proc.pid}\n")
         if on_start:
             on_start(proc)
 
@@ -69,23 +83,63 @@ def train(root, canvas, env, timeout, log_path, on_progress=None, on_start=None)
             raise
         finally:
             reader.join(timeout=5)
+            if proc.poll() is not None:
+                os.remove(log_path + ".pid")
         seconds = time.monotonic() - started
         if timed_out:
             log.write(f"\n[agent] killed after {timeout:.0f} s (hard timeout)\n")
-    text = "\n".join(lines) + "\n"
-    tail = lines[-TAIL_LINES:]
+    result = _result("\n".join(lines) + "\n", proc.returncode, seconds, timed_out, timeout)
+    result.tail, result.nonce, result.record = lines[-TAIL_LINES:], nonce, _read_record(record_path)
+    return result
+
+
+def _result(text, returncode, seconds, timed_out, timeout):
     if timed_out:
-        return RunResult(None, seconds, proc.returncode, True,
-                         f"Training exceeded the hard timeout of {timeout:.0f} s and was killed.", tail)
+        return RunResult(None, seconds, returncode, True,
+                         f"Training exceeded the hard timeout of {timeout:.0f} s and was killed.")
     try:
         summary = parse_summary(text)
     except ContractError as e:
-        why = f"Training exited with status {proc.returncode}. " if proc.returncode else ""
-        return RunResult(None, seconds, proc.returncode, False, why + str(e), tail)
-    if proc.returncode != 0:
-        return RunResult(None, seconds, proc.returncode, False,
-                         f"Training printed a summary but exited with status {proc.returncode}.", tail)
-    return RunResult(summary, seconds, 0, False, None, tail)
+        why = f"Training exited with status {returncode}. " if returncode else ""
+        return RunResult(None, seconds, returncode, False, why + str(e))
+    if returncode != 0:
+        return RunResult(None, seconds, returncode, False,
+                         f"Training printed a summary but exited with status {returncode}.")
+    return RunResult(summary, seconds, 0, False, None)
+
+
+def _read_record(path):
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def stop_leftovers(logs, canvas):
+    """Kill the trainings that a driver killed outright (kill -9) left running: the process groups named by
+    logs/*.pid, when that process still runs the canvas (Linux: /proc). Returns how many were stopped."""
+    stopped = 0
+    for name in sorted(os.listdir(logs)) if os.path.isdir(logs) else []:
+        if not name.endswith(".pid"):
+            continue
+        path = os.path.join(logs, name)
+        try:
+            with open(path) as f:
+                pid = int(f.read().strip())
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                alive = canvas.encode() in f.read().split(b"\0")
+        except (OSError, ValueError):
+            alive = False
+        if alive:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+                stopped += 1
+            except (ProcessLookupError, PermissionError):
+                pass
+        os.remove(path)
+    return stopped
 
 
 def kill_group(proc, grace=3.0):

@@ -18,7 +18,7 @@ class State:
         self.fraction = None
         self.last_line = ""
         self.best = None
-        self.counts = {"keep": 0, "discard": 0, "crash": 0}
+        self.counts = {"keep": 0, "discard": 0, "crash": 0, "rejected": 0}
         self.recent = []
 
     def progress(self):
@@ -76,7 +76,12 @@ class PlainView:
         c = self.s.counts
         best_s = f"{best:.6f}" if best is not None else "-"
         self._print(f"[{row['n']:03d}] {row['status']:<7} val_bpb {bpb}  best {best_s}  "
-                    f"(kept {c['keep']}, discarded {c['discard']}, crashed {c['crash']})  {row.get('description', '')}")
+                    f"(kept {c['keep']}, discarded {c['discard']}, crashed {c['crash']}{rejected_note(c)})  "
+                    f"{row.get('description', '')}")
+
+
+def rejected_note(counts):
+    return f", rejected {counts['rejected']}" if counts["rejected"] else ""
 
 
 def training_status(s):
@@ -125,7 +130,7 @@ class LiveView(PlainView):
         grid.add_row("training", training_status(s))
         grid.add_row("best val_bpb", f"{s.best:.6f}" if s.best is not None else "-")
         c = s.counts
-        grid.add_row("results", f"kept {c['keep']}  discarded {c['discard']}  crashed {c['crash']}")
+        grid.add_row("results", f"kept {c['keep']}  discarded {c['discard']}  crashed {c['crash']}{rejected_note(c)}")
         grid.add_row("output", Text(s.last_line[-120:], style="dim", overflow="ellipsis", no_wrap=True))
         return Group(Text(s.title, style="bold cyan"), grid)
 

@@ -15,6 +15,7 @@ class Context:
     best: float | None   # best val_bpb so far
     noise: float | None = None  # standard deviation of val_bpb between runs of an unchanged canvas, if measured
     in_flight: list = field(default_factory=list)  # experiments running now: {description, diff, meta} each
+    parent: dict | None = None  # --strategy tree: the canvas edited, when it may not be the best (strategy.py)
 
 
 @dataclass

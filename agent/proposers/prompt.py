@@ -12,18 +12,19 @@ def system_prompt(ctx):
 
 
 def history_table(history):
-    rows = [r for r in history if r.get("status") in ("keep", "discard", "crash")][-MAX_ROWS:]
+    rows = [r for r in history if r.get("status") in ("keep", "discard", "crash", "rejected")][-MAX_ROWS:]
     if not rows:
         return "(no experiments yet)"
     lines = ["n | status | val_bpb | description"]
     for r in rows:
         bpb = f"{r['val_bpb']:.6f}" if r.get("val_bpb") is not None else "-"
-        lines.append(f"{r['n']} | {r['status']} | {bpb} | {r.get('description', '')}")
+        why = f" (rejected: {r['rejected']})" if r.get("rejected") else ""
+        lines.append(f"{r['n']} | {r['status']} | {bpb} | {r.get('description', '')}{why}")
     return "\n".join(lines)
 
 
 def recent_diffs(history):
-    rows = [r for r in history if r.get("diff") and r.get("status") in ("discard", "crash")][-RECENT_DIFFS:]
+    rows = [r for r in history if r.get("diff") and r.get("status") in ("discard", "crash", "rejected")][-RECENT_DIFFS:]
     parts = []
     for r in rows:
         diff = r["diff"] if len(r["diff"]) <= DIFF_CHARS else r["diff"][:DIFF_CHARS] + "\n[... truncated]"
@@ -37,6 +38,18 @@ def running_now(in_flight):
         diff = r["diff"] if len(r["diff"]) <= DIFF_CHARS else r["diff"][:DIFF_CHARS] + "\n[... truncated]"
         parts.append(f"### {r['description']}\n```diff\n{diff}```" if diff.strip() else f"### {r['description']}")
     return "\n\n".join(parts)
+
+
+def parent_section(ctx):
+    """The heading of the canvas shown: the best, or (--strategy tree) another canvas of the frontier."""
+    p = ctx.parent
+    if not p or p["is_best"]:
+        return f"## The current {ctx.canvas} (the best version so far)"
+    tried = "\n".join(f"- {t['n']} ({t['status']}, {t['val_bpb']:.6f}): {t['description']}" if t["val_bpb"] is not None
+                      else f"- {t['n']} ({t['status']}): {t['description']}" for t in p["tried"]) or "- nothing yet"
+    return (f"## The {ctx.canvas} you edit: experiment {p['n']}'s (val_bpb {p['val_bpb']:.6f}), not the best\n"
+            "The search keeps a few good canvases alive and now explores this one. Tried from it so far:\n"
+            f"{tried}\n\nIts text:")
 
 
 def user_prompt(ctx):
@@ -55,7 +68,7 @@ length {p.max_seq_len}). Lower val_bpb is better. Best val_bpb so far: {best}.{n
 ## Recent changes that did not help (already reverted; do not repeat them)
 {recent_diffs(ctx.history)}
 
-{running}## The current {ctx.canvas} (the best version so far)
+{running}{parent_section(ctx)}
 ```python
 {ctx.text}```
 

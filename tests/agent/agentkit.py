@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -82,7 +83,7 @@ def check_consistent(repo, tag="t1"):
     tsv is the jsonl's keep/discard/crash rows. Returns the jsonl rows."""
     rs = rows(repo, tag)
     assert [r["n"] for r in rs] == list(range(len(rs))), "rows lost or duplicated"
-    done = [r for r in rs if r["status"] in ("keep", "discard", "crash")]
+    done = [r for r in rs if r["status"] in ("keep", "discard", "crash", "rejected")]
     assert [(t[0], t[3]) for t in tsv(repo, tag)] == [(r["commit"][:7], r["status"]) for r in done]
     kept = [r["commit"] for r in rs if r["status"] == "keep" and r["kind"] == "experiment"]
     assert branch_commits(repo, tag) == kept
@@ -155,3 +156,49 @@ class ScriptedLLM:
 def edit(description, search, replace, path="backends/fixture/train.py"):
     """A well-formed reply in the agent's protocol."""
     return f"DESCRIPTION: {description}\n{path}\n<<<<<<< SEARCH\n{search}\n=======\n{replace}\n>>>>>>> REPLACE\n"
+
+
+def check_kept_chain(repo, rs):
+    """Each kept experiment starts from the one kept before it: the branch is a line of kept changes."""
+    kept = [r for r in rs if r["status"] == "keep"]
+    for before, after in zip(kept, kept[1:]):
+        assert after["parent"] == before["commit"]
+        assert git(repo, "rev-parse", f"{after['commit']}^") == before["commit"]
+
+
+def reapply_scenario(repo, *where):
+    """The first proposal (a large gain, but slow to train) starts beside a second (a small gain, fast). The
+    second is kept first; the first then beats the new best from the old parent, so its change is applied
+    on top of the new best and re-run there, and kept on that run's result. The proposer is told what runs.
+    `where` says where the two run at once (--workers 2, or a Ray cluster); FIXTURE_SECONDS=1."""
+    from agent.__main__ import main
+    slow_big = (edit("LR 0.02 -> 0.04 (slow)", "LR = 0.02", "LR = 0.04")
+                + edit("", "        time.sleep(seconds / steps)", "        time.sleep(4 * seconds / steps)")
+                .split("\n", 1)[1])
+    replies = [slow_big,
+               edit("WARMDOWN_RATIO 0.2 -> 0.6", "WARMDOWN_RATIO = 0.2", "WARMDOWN_RATIO = 0.6"),
+               edit("BETA2 0.9 -> 0.95", "BETA2 = 0.9", "BETA2 = 0.95")]
+    with ScriptedLLM(replies) as llm:
+        main(agent_argv(repo, "--proposer", "openai", "--base-url", llm.url + "/v1", "--model", "scripted",
+                        *where, "--max-experiments", "3"))
+    assert llm.replies == []
+    rs = check_consistent(repo)
+    by = {r["description"]: r for r in rs}
+    moved = by["LR 0.02 -> 0.04 (slow)"]
+    rerun = [r for r in rs if r.get("rerun_of") == moved["n"]]
+    assert moved["status"] == "rebase" and moved["parent"] == rs[0]["commit"]
+    assert by["WARMDOWN_RATIO 0.2 -> 0.6"]["status"] == "keep"
+    assert len(rerun) == 1 and rerun[0]["status"] == "keep" and rerun[0]["parent"] != moved["parent"]
+    assert rerun[0]["val_bpb"] < moved["val_bpb"]  # the two gains, together
+    check_kept_chain(repo, rs)
+    canvas = (Path(repo) / "backends/fixture/train.py").read_text()
+    assert "LR = 0.04" in canvas and "WARMDOWN_RATIO = 0.6" in canvas and "BETA2 = 0.95" in canvas
+    # the third request was made while the slow change was still training, and says so
+    third = llm.requests[2]["body"]["messages"][1]["content"]
+    assert "Running now on other workers" in third and "LR 0.02 -> 0.04 (slow)" in third
+
+
+def overlapping(a, b):
+    start = lambda r: datetime.fromisoformat(r["started_at"])  # noqa: E731
+    end = lambda r: datetime.fromisoformat(r["finished_at"])  # noqa: E731
+    return start(a) < end(b) and start(b) < end(a)

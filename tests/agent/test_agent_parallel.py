@@ -1,34 +1,21 @@
 """Several experiments at once (--workers N on the CPU; --gpus on a GPU host): real processes, fixture canvas."""
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from datetime import datetime
 
 import pytest
-from agentkit import ScriptedLLM, agent_argv, check_consistent, edit, git, rows, run_agent
+from agentkit import (agent_argv, check_consistent, check_kept_chain, git, overlapping, reapply_scenario, rows,
+                      run_agent)
 
 from agent.__main__ import main
 from agent.executor import parse_slots
 from common.errors import ContractError
 
 CANVAS = "backends/fixture/train.py"
-
-
-def overlapping(a, b):
-    start = lambda r: datetime.fromisoformat(r["started_at"])  # noqa: E731
-    end = lambda r: datetime.fromisoformat(r["finished_at"])  # noqa: E731
-    return start(a) < end(b) and start(b) < end(a)
-
-
-def check_kept_chain(repo, rs):
-    """Each kept experiment starts from the one kept before it: the branch is a line of kept changes."""
-    kept = [r for r in rs if r["status"] == "keep"]
-    for before, after in zip(kept, kept[1:]):
-        assert after["parent"] == before["commit"]
-        assert git(repo, "rev-parse", f"{after['commit']}^") == before["commit"]
 
 
 def test_two_workers_offline(repo, monkeypatch):
@@ -60,35 +47,9 @@ def test_two_workers_offline(repo, monkeypatch):
 
 
 def test_a_gain_whose_parent_was_overtaken_is_reapplied_on_the_new_best_and_rerun(repo, monkeypatch):
-    """The first proposal (a large gain, but slow to train) starts beside a second (a small gain, fast). The
-    second is kept first; the first then beats the new best from the old parent, so its change is applied
-    on top of the new best and re-run there, and kept on that run's result. The proposer is told what runs."""
     monkeypatch.setenv("FIXTURE_SECONDS", "1.0")
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    slow_big = (edit("LR 0.02 -> 0.04 (slow)", "LR = 0.02", "LR = 0.04")
-                + edit("", "        time.sleep(seconds / steps)", "        time.sleep(4 * seconds / steps)")
-                .split("\n", 1)[1])
-    replies = [slow_big,
-               edit("WARMDOWN_RATIO 0.2 -> 0.6", "WARMDOWN_RATIO = 0.2", "WARMDOWN_RATIO = 0.6"),
-               edit("BETA2 0.9 -> 0.95", "BETA2 = 0.9", "BETA2 = 0.95")]
-    with ScriptedLLM(replies) as llm:
-        main(agent_argv(repo, "--proposer", "openai", "--base-url", llm.url + "/v1", "--model", "scripted",
-                        "--workers", "2", "--max-experiments", "3"))
-    assert llm.replies == []
-    rs = check_consistent(repo)
-    by = {r["description"]: r for r in rs}
-    moved = by["LR 0.02 -> 0.04 (slow)"]
-    rerun = [r for r in rs if r.get("rerun_of") == moved["n"]]
-    assert moved["status"] == "rebase" and moved["parent"] == rs[0]["commit"]
-    assert by["WARMDOWN_RATIO 0.2 -> 0.6"]["status"] == "keep"
-    assert len(rerun) == 1 and rerun[0]["status"] == "keep" and rerun[0]["parent"] != moved["parent"]
-    assert rerun[0]["val_bpb"] < moved["val_bpb"]  # the two gains, together
-    check_kept_chain(repo, rs)
-    canvas = (repo / CANVAS).read_text()
-    assert "LR = 0.04" in canvas and "WARMDOWN_RATIO = 0.6" in canvas and "BETA2 = 0.95" in canvas
-    # the third request was made while the slow change was still training, and says so
-    third = llm.requests[2]["body"]["messages"][1]["content"]
-    assert "Running now on other workers" in third and "LR 0.02 -> 0.04 (slow)" in third
+    reapply_scenario(repo, "--workers", "2")
 
 
 def test_a_killed_driver_with_two_busy_workers_resumes_without_losing_a_row(repo):
@@ -115,6 +76,47 @@ def test_a_killed_driver_with_two_busy_workers_resumes_without_losing_a_row(repo
               "--resume", env={"FIXTURE_SECONDS": "0.5"})
     rs = check_consistent(repo)
     assert [r["n"] for r in rs] == list(range(len(rs)))
+    assert len([r for r in rs if r["kind"] == "experiment" and r["status"] != "rebase"]) == 6
+    check_kept_chain(repo, rs)
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has finished
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the trainings through /proc")
+def test_after_kill_9_resume_stops_the_orphaned_trainings_and_runs_them_again(repo):
+    env = dict(os.environ, FIXTURE_SECONDS="60")
+    for key in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY"):
+        env.pop(key, None)
+    argv = [sys.executable, "-m", "agent", *agent_argv(repo, "--proposer", "offline", "--workers", "2",
+                                                       "--max-experiments", "4", "--baseline-runs", "1")]
+    proc = subprocess.Popen(argv, cwd=repo, env={**env, "FIXTURE_SECONDS": "0"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.communicate(timeout=120)  # a first run: baseline and 4 quick experiments
+    run = [sys.executable, "-m", "agent", *agent_argv(repo, "--proposer", "offline", "--workers", "2",
+                                                      "--max-experiments", "6"), "--resume"]
+    proc = subprocess.Popen(run, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    logs = repo / "runs/t1/logs"
+    deadline = time.monotonic() + 60
+    while len(list(logs.glob("*.pid"))) < 2:  # both workers are training (for 60 s)
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    pids = [int(p.read_text()) for p in logs.glob("*.pid")]
+    inflight = {e["name"]: e["description"] for e in json.loads((repo / "runs/t1/inflight.json").read_text())}
+    proc.kill()  # kill -9: no clean-up, the two trainings go on
+    proc.communicate()
+    assert all(alive(pid) for pid in pids) and len(inflight) == 2
+
+    run_agent(repo, *run[3:], env={"FIXTURE_SECONDS": "0.2"})
+    assert not any(alive(pid) for pid in pids)
+    rs = check_consistent(repo)
+    resumed = {r["resumed"]: r["description"] for r in rs if r.get("resumed")}
+    assert resumed == inflight  # both interrupted experiments ran again, under their own descriptions
     assert len([r for r in rs if r["kind"] == "experiment" and r["status"] != "rebase"]) == 6
     check_kept_chain(repo, rs)
 

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from agentkit import agent_argv, check_consistent, make_repo
+from agentkit import agent_argv, check_consistent, make_repo, overlapping, reapply_scenario
 
 from agent.__main__ import main
 from common.errors import ContractError
@@ -49,6 +49,15 @@ def test_two_nodes_one_gpu_each(cluster, tmp_path):
     assert len({r["node"] for r in rs}) == 2, "both nodes ran experiments"
     assert all(r["gpu"] == "0" for r in rs)  # Ray gave each task its node's one GPU
     assert all((repo / "runs/t1" / r["log"]).read_text().count("val_bpb") >= 1 for r in rs)
+    pairs = [(a, b) for a in experiments for b in experiments if a["n"] < b["n"] and overlapping(a, b)]
+    assert pairs and all(a["description"] != b["description"] for a, b in pairs)  # in flight together: different
+
+
+def test_a_gain_whose_parent_was_overtaken_is_reapplied_and_rerun_on_the_cluster(cluster, tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    cluster.add_node(num_cpus=2, num_gpus=1)
+    repo = make_repo(tmp_path / "repo")
+    reapply_scenario(repo, "--cluster", "ray", "--ray-address", cluster.address)
 
 
 def test_a_worker_killed_mid_experiment_is_queued_again_and_nothing_is_lost(cluster, tmp_path, monkeypatch):

@@ -1,5 +1,6 @@
 """Kill the loop mid-experiment (Ctrl-C, then SIGKILL), resume, and lose or duplicate no row."""
 
+import json
 import os
 import signal
 import subprocess
@@ -46,9 +47,11 @@ def test_interrupt_and_resume_lose_nothing(repo):
     proc.kill()  # no chance to clean up
     proc.communicate()
     assert len(rows(repo)) == n
+    [interrupted] = json.loads((repo / "runs/t1/inflight.json").read_text())
 
     run_agent(repo, *agent_argv(repo, "--proposer", "offline", "--max-experiments", "6"), "--resume")
     rs = check_consistent(repo)
     assert len(rs) == 7
     assert len({r["description"] for r in rs[1:]}) == 6
+    assert rs[n]["resumed"] == interrupted["name"] and rs[n]["description"] == interrupted["description"]
     assert all((repo / f"runs/t1/logs/{r['n']:03d}.log").exists() for r in rs)
