@@ -145,12 +145,17 @@ def markdown(rows, noise_rows, title):
     else:
         lines.append("No change beat the baseline.")
     lines += workers(rows)
-    lines += ["", "## Every experiment", "", "| n | status | val_bpb | memory GB | minutes | worker | change |",
-              "|---:|---|---:|---:|---:|---|---|"]
+    number = {r["commit"]: r["n"] for r in rows if r.get("commit")}  # the row that measured each commit
+    lines += ["", "## Every experiment", "",
+              "From: the experiment whose canvas it edited (the best at the time, or under --strategy tree "
+              "another canvas of the frontier).", "",
+              "| n | from | status | val_bpb | memory GB | minutes | worker | change |",
+              "|---:|---:|---|---:|---:|---:|---|---|"]
     for r in done:
         bpb = f"{r['val_bpb']:.6f}" if r.get("val_bpb") is not None else "-"
         mem = f"{r['memory_gb']:.1f}" if r.get("memory_gb") is not None else "-"
-        lines.append(f"| {r['n']} | {r['status']} | {bpb} | {mem} | {r['total_seconds'] / 60:.2f} | "
+        parent = number.get(r.get("parent"), "-")
+        lines.append(f"| {r['n']} | {parent} | {r['status']} | {bpb} | {mem} | {r['total_seconds'] / 60:.2f} | "
                      f"{r.get('slot') or '-'} | {_cell(r['description'])} |")
     return "\n".join(lines) + "\n"
 

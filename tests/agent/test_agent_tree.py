@@ -44,6 +44,11 @@ def test_tree_explores_a_canvas_other_than_the_best_and_keeps_what_it_finds_ther
     final = git(repo, "show", f"autoresearch/t1:{CANVAS}")
     assert "DEPTH = 5" in final and "BETA2 = 0.95" in final and "LR = 0.04" in final
     assert git(repo, "rev-parse", "autoresearch/t1") == commit[4]
+    # the report says which canvas each experiment edited
+    main(["report", "--repo", str(repo), "--tag", "t1"])
+    table = (repo / "runs/t1/report.md").read_text().split("## Every experiment")[1]
+    assert [line.split("|")[2].strip() for line in table.splitlines() if line.startswith("| ")][1:] == \
+        ["-", "0", "1", "2", "3"]
 
 
 def test_tree_with_two_workers_keeps_the_branch_and_the_logs_consistent(repo, monkeypatch):
