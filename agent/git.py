@@ -1,5 +1,6 @@
 """The few git operations the loop needs, through the git CLI. Only the canvas is ever committed."""
 
+import difflib
 import hashlib
 import os
 import subprocess
@@ -104,21 +105,19 @@ class Git:
         return sums
 
 
-def apply_change(git, parent, commit, base, path):
-    """The text of `path` at commit `base` with the change parent -> commit applied, or None when it does not
-    apply: first as a patch with context (found even where lines moved), then without context for changes
-    next to lines the new best changed too (one constant edit beside another)."""
-    for context in ("3", "0"):
-        diff = git.run("diff", f"-U{context}", parent, commit, "--", path, check=False)
-        if not diff:  # a commit that no longer exists (an interrupted run's, garbage-collected)
-            return None
-        diff += "\n"
+def apply_change(git, parent, text, base, path):
+    """The text of `path` at commit `base` with the change from its text at `parent` to `text` applied, or None
+    when it does not apply: first as a patch with context (found even where lines moved), then without
+    context for changes next to lines the new best changed too (one constant edit beside another)."""
+    old, new = git.show(parent, path).splitlines(keepends=True), text.splitlines(keepends=True)
+    for context in (3, 0):
+        diff = "".join(difflib.unified_diff(old, new, f"a/{path}", f"b/{path}", n=context))
         with tempfile.TemporaryDirectory() as tmp:
             target = os.path.join(tmp, path)
             os.makedirs(os.path.dirname(target), exist_ok=True)
             with open(target, "w") as f:
                 f.write(git.show(base, path))
-            out = subprocess.run(["git", "apply", "--whitespace=nowarn", *(["--unidiff-zero"] if context == "0" else []),
+            out = subprocess.run(["git", "apply", "--whitespace=nowarn", *(["--unidiff-zero"] if context == 0 else []),
                                   "-"], cwd=tmp, input=diff, text=True, capture_output=True)
             if out.returncode == 0:
                 with open(target) as f:

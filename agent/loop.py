@@ -169,7 +169,7 @@ class Loop:
             if e["name"] in logged:
                 continue
             text = e["text"] if e["parent"] == self.tip else \
-                apply_change(self.git, e["parent"], e.get("commit") or e["parent"], self.tip, self.canvas)
+                apply_change(self.git, e["parent"], e["text"], self.tip, self.canvas)
             if text is None:
                 self.record({"n": len(self.rows), "kind": "experiment", "status": "invalid", "job": e["name"],
                              "description": f"{e['description']}: interrupted by a kill, and its change no longer "
@@ -178,7 +178,7 @@ class Loop:
                              "tokens_out": e.get("tokens_out", 0), "cost_usd": e.get("cost_usd"),
                              "finished_at": now_iso()})
                 continue
-            self.pending.append({**e, "text": text, "parent": self.tip, "commit": None})
+            self.pending.append({**e, "text": text, "parent": self.tip})
             self.view.message(f"interrupted by the kill, run again: {e['description']}")
         self.save_journal()
 
@@ -300,7 +300,7 @@ class Loop:
         if proposal.text is not None:
             lab.write_canvas(proposal.text)
         commit = git.commit_file(canvas, proposal.description)
-        self.save_journal(journal_entry(f"{n:03d}", proposal, lab.read_canvas(), self.tip, commit))
+        self.save_journal(journal_entry(f"{n:03d}", proposal, lab.read_canvas(), parent["commit"]))
         diff = git.diff(parent["commit"], commit, canvas)
         diff_files = [self.folder.save_diff(f"{n:03d}", diff)]
         result, values = self.measure(n)
@@ -421,9 +421,10 @@ def run(args):
     return ParallelLoop(args, slots).run()
 
 
-def journal_entry(name, proposal, text, parent, commit, **more):
-    """What inflight.json keeps of a started experiment, enough to run it again after a kill."""
-    return {"name": name, "description": proposal.description, "text": text, "parent": parent, "commit": commit,
+def journal_entry(name, proposal, text, parent, **more):
+    """What inflight.json keeps of a started (or queued) experiment, enough to run it again after a kill: its
+    canvas text and the commit that text was made from."""
+    return {"name": name, "description": proposal.description, "text": text, "parent": parent,
             "meta": proposal.meta, "tokens_in": proposal.tokens_in, "tokens_out": proposal.tokens_out,
             "cost_usd": proposal.cost_usd, **more}
 

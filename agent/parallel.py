@@ -160,8 +160,8 @@ class ParallelLoop(Loop):
 
     def save_journal(self, *current):
         jobs = list(self.ex.running.values()) + self.reruns
-        self.folder.save_inflight([journal_entry(j.name, j.proposal, j.text, j.parent, j.commit or None,
-                                                 rerun_of=j.rerun_of, fixes=j.fixes) for j in jobs])
+        self.folder.save_inflight([journal_entry(j.name, j.proposal, j.text, j.parent, rerun_of=j.rerun_of,
+                                                 fixes=j.fixes) for j in jobs])
 
     # -- scheduling -----------------------------------------------------------------------------------------
 
@@ -309,7 +309,7 @@ class ParallelLoop(Loop):
 
     def rebase(self, job, n):
         """Queue the job's change applied on the current best, to be re-run there. False if it does not apply."""
-        new = apply_change(self.git, job.parent, job.commit, self.tip, self.canvas)
+        new = apply_change(self.git, job.parent, job.text, self.tip, self.canvas)
         if new is None:
             return False
         self.jobs += 1

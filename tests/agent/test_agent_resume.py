@@ -55,3 +55,17 @@ def test_interrupt_and_resume_lose_nothing(repo):
     assert len({r["description"] for r in rs[1:]}) == 6
     assert rs[n]["resumed"] == interrupted["name"] and rs[n]["description"] == interrupted["description"]
     assert all((repo / f"runs/t1/logs/{r['n']:03d}.log").exists() for r in rs)
+
+
+def test_a_change_made_on_an_older_canvas_is_applied_on_the_new_best(repo):
+    """What a re-run after a kill (or a re-apply on a new best) does with a change whose parent was overtaken:
+    the change lands on the new best, even next to a line the best changed, and a clash gives None."""
+    from agent.git import Git, apply_change
+    canvas = "backends/fixture/train.py"
+    g = Git(repo)
+    parent, text = g.head(), (repo / canvas).read_text()
+    (repo / canvas).write_text(text.replace("WARMDOWN_RATIO = 0.2", "WARMDOWN_RATIO = 0.6"))
+    best = g.commit_file(canvas, "the new best")
+    merged = apply_change(g, parent, text.replace("BETA2 = 0.9", "BETA2 = 0.95"), best, canvas)
+    assert "WARMDOWN_RATIO = 0.6" in merged and "BETA2 = 0.95" in merged
+    assert apply_change(g, parent, text.replace("WARMDOWN_RATIO = 0.2", "WARMDOWN_RATIO = 0.3"), best, canvas) is None
