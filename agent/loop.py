@@ -171,12 +171,9 @@ class Loop:
             text = e["text"] if e["parent"] == self.tip else \
                 apply_change(self.git, e["parent"], e["text"], self.tip, self.canvas)
             if text is None:
-                self.record({"n": len(self.rows), "kind": "experiment", "status": "invalid", "job": e["name"],
-                             "description": f"{e['description']}: interrupted by a kill, and its change no longer "
-                             f"applies to the current best ({self.tip[:7]})", "commit": None, "val_bpb": None,
-                             "proposer": self.proposer.name, "tokens_in": e.get("tokens_in", 0),
-                             "tokens_out": e.get("tokens_out", 0), "cost_usd": e.get("cost_usd"),
-                             "finished_at": now_iso()})
+                self.record_invalid(NoProposal(
+                    f"{e['description']}: interrupted by a kill, and its change no longer applies to the current "
+                    f"best ({self.tip[:7]})", e.get("tokens_in", 0), e.get("tokens_out", 0), e.get("cost_usd")))
                 continue
             self.pending.append({**e, "text": text, "parent": self.tip})
             self.view.message(f"interrupted by the kill, run again: {e['description']}")
@@ -266,7 +263,11 @@ class Loop:
                                 f"{result.error} The log is {self.folder.log_path('000')}; its end:\n"
                                 + "\n".join(result.tail[-15:]))
         self.best = statistics.fmean(values)
-        row = make_row(0, "baseline", "keep", "baseline", self.tip, None, result, values, None, started, 0.0, self.info)
+        self.record_baseline(make_row(0, "baseline", "keep", "baseline", self.tip, None, result, values, None,
+                                      started, 0.0, self.info))
+
+    def record_baseline(self, row):
+        """Log the baseline; its record fixes the evaluation rows, its runs the noise figure (without make noise)."""
         self.lab.fingerprint = baseline_fingerprint([row])
         self.noise = noise_figure([row], self.folder.noise_rows())[0]
         self.record(row)
@@ -278,7 +279,7 @@ class Loop:
         git, canvas, lab = self.git, self.canvas, self.lab
         started = time.monotonic()
         self.view.start(n, "(proposing)")
-        parent = self.choose_parent() if not self.pending else self.choose_parent(greedy=True)
+        parent = self.choose_parent(greedy=bool(self.pending))
         if parent["commit"] != self.tip:
             lab.write_canvas(git.show(parent["commit"], canvas))  # --strategy tree: edit another canvas
         ctx = self.context(parent=parent)

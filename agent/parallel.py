@@ -26,10 +26,8 @@ from rich.console import Console
 
 from agent.executor import Job, LocalExecutor
 from agent.git import Git, apply_change
-from agent.loop import (Loop, add_usage, baseline_fingerprint, baseline_runs, entry_proposal, journal_entry,
-                        make_row, now_iso)
+from agent.loop import Loop, add_usage, baseline_runs, entry_proposal, journal_entry, make_row, now_iso
 from agent.proposers.base import Context, NoProposal
-from agent.results import noise_figure
 from agent.strategy import parent_summary
 from agent.view import PlainView, State
 from common.errors import ContractError
@@ -141,20 +139,13 @@ class ParallelLoop(Loop):
                        self.info)
         row.update(worker=self.slots.index(slot), slot=slot, gpu=job.gpu, node=job.node, started_at=job.started_at,
                    log="logs/000.log", job="000")
-        self.lab.fingerprint = baseline_fingerprint([row])
-        self.noise = noise_figure([row], self.folder.noise_rows())[0]
-        self.record(row)
-        self.view.finish(row, self.best)
+        self.record_baseline(row)
 
     def resume_interrupted(self):
         super().resume_interrupted()
         for e in self.pending:  # to the front of the queue, as jobs from the current best
-            self.jobs += 1
-            self.reruns.append(Job(
-                name=f"j{self.jobs:03d}", workdir="", commit="", parent=self.tip, parent_value=self.best,
-                description=e["description"], proposal=entry_proposal(e), diff="", threshold=self.best,
-                confirm=self.args.confirm, noise=self.noise, rerun_of=e.get("rerun_of"), fixes=e.get("fixes", 0),
-                text=e["text"], resumed=e["name"]))
+            self.reruns.append(self.new_job(e["description"], entry_proposal(e), e["text"], rerun_of=e.get("rerun_of"),
+                                            fixes=e.get("fixes", 0), resumed=e["name"]))
         self.pending = []
         self.save_journal()
 
@@ -162,6 +153,15 @@ class ParallelLoop(Loop):
         jobs = list(self.ex.running.values()) + self.reruns
         self.folder.save_inflight([journal_entry(j.name, j.proposal, j.text, j.parent, rerun_of=j.rerun_of,
                                                  fixes=j.fixes) for j in jobs])
+
+    def new_job(self, description, proposal, text, parent=None, parent_value=None, **more):
+        """The next job in name order, from the current best unless `parent` is given; checked out into a slot's
+        worktree when it starts."""
+        self.jobs += 1
+        return Job(name=f"j{self.jobs:03d}", workdir="", commit="", parent=parent or self.tip,
+                   parent_value=self.best if parent_value is None else parent_value, description=description,
+                   proposal=proposal, diff="", threshold=self.best, confirm=self.args.confirm, noise=self.noise,
+                   text=text, **more)
 
     # -- scheduling -----------------------------------------------------------------------------------------
 
@@ -233,13 +233,10 @@ class ParallelLoop(Loop):
                 return "exhausted"
             self.record_invalid(e)
             return None
-        self.jobs += 1
-        name = f"j{self.jobs:03d}"
-        self.save_transcript(name, proposal)
-        return Job(name=name, workdir="", commit="", parent=parent["commit"], parent_value=parent["val_bpb"],
-                   description=proposal.description, proposal=proposal, diff="", threshold=self.best,
-                   confirm=self.args.confirm, noise=self.noise, started=started, started_at=now_iso(),
-                   propose_seconds=time.monotonic() - started, text=text)
+        job = self.new_job(proposal.description, proposal, text, parent["commit"], parent["val_bpb"], started=started,
+                           started_at=now_iso(), propose_seconds=time.monotonic() - started)
+        self.save_transcript(job.name, proposal)
+        return job
 
     def checkout(self, job):
         """Commit the job's canvas on top of its parent in its slot's worktree (a detached commit)."""
@@ -312,10 +309,7 @@ class ParallelLoop(Loop):
         new = apply_change(self.git, job.parent, job.text, self.tip, self.canvas)
         if new is None:
             return False
-        self.jobs += 1
-        self.reruns.append(Job(
-            name=f"j{self.jobs:03d}", workdir="", commit="", parent=self.tip, parent_value=self.best,
-            description=f"{job.description} (re-run of {n} on {self.tip[:7]})", proposal=job.proposal, diff="",
-            threshold=self.best, confirm=self.args.confirm, noise=self.noise, rerun_of=n, text=new))
+        self.reruns.append(self.new_job(f"{job.description} (re-run of {n} on {self.tip[:7]})", job.proposal, new,
+                                        rerun_of=n))
         return True
 

@@ -39,6 +39,7 @@ import subprocess
 import warnings
 from dataclasses import dataclass
 
+from agent.git import Git
 from agent.proposers.base import NoProposal, Proposal
 from agent.proposers.offline import _number, constants, replace_value
 
@@ -203,25 +204,13 @@ class OptunaProposer:
     # -- the study, rebuilt from the log ------------------------------------------------------------------
 
     def canvas_at(self, root, canvas, commits):
-        """{commit: the canvas text at that commit, or None}; one `git cat-file --batch` for those not cached."""
-        want = [c for c in dict.fromkeys(commits) if c and c not in self._texts]
-        if want:
-            try:
-                out = subprocess.run(["git", "cat-file", "--batch"], cwd=root, capture_output=True,
-                                     input="".join(f"{c}:{canvas}\n" for c in want).encode()).stdout
-            except OSError:
-                out = b""
-            pos = 0
-            for c in want:
-                end = out.find(b"\n", pos)
-                if end < 0:
-                    break
-                head = out[pos:end].split()
-                pos = end + 1
-                if len(head) == 3 and head[1] == b"blob":
-                    size = int(head[2])
-                    self._texts[c] = out[pos:pos + size].decode("utf-8", "replace")
-                    pos += size + 1
+        """{commit: the canvas text at that commit, or None when git has none}, cached."""
+        for c in dict.fromkeys(commits):
+            if c and c not in self._texts:
+                try:
+                    self._texts[c] = Git(root).show(c, canvas)
+                except subprocess.CalledProcessError:
+                    self._texts[c] = None
         return {c: self._texts.get(c) for c in commits}
 
     def baseline_text(self, ctx):
