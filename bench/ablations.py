@@ -87,25 +87,18 @@ for seed in (43, 44):
     VARIANTS[f"seed-{seed}"] = Variant(f"SEED = {seed} (initial weights drawn from another seed; data order unchanged)",
                                        edits=(("SEED = 42\n", f"SEED = {seed}\n"),))
 
-# The scalar mixing weights' first gradient is rounding noise: with the blocks' output projections zero at init
-# the final RMSNorm removes whatever scale they give the residual stream, so the loss does not depend on them.
-# AdamW's first step, g / (|g| + 1e-10), turns that noise into a full step of +-lr (x0_lambdas: 0.1 -> 0.35 or
-# -0.15), its sign set by how each implementation rounds. These zero that gradient on the first step.
-VARIANTS["no-scalar-kick"] = Variant(
-    "the scalar lambdas' first gradient (rounding noise at init) zeroed, so AdamW's first step leaves them",
-    edits=(("    set_schedules(optimizer, progress, step)\n    optimizer.step()\n",
-            "    if step == 0:\n        model.x0_lambdas.grad.zero_()\n        model.resid_lambdas.grad.zero_()\n"
-            "    set_schedules(optimizer, progress, step)\n    optimizer.step()\n"),))
-JAX_NO_KICK = (("        params, opt_state = update(params, opt_state, grads, sched)\n",
-                "        if sched['momentum'] == np.float32(MUON_MOMENTUM[0]):  # the first step\n"
-                "            grads = {n: jnp.zeros_like(g) if 'lambdas' in n else g for n, g in grads.items()}\n"
-                "        params, opt_state = update(params, opt_state, grads, sched)\n"),)
-VARIANTS["jax-no-scalar-kick"] = Variant(
-    "jax with the scalar lambdas' first gradient zeroed (as cuda:no-scalar-kick)", backend="jax",
-    edits=JAX_NO_KICK)
-VARIANTS["from-cuda-init-no-scalar-kick"] = Variant(
-    "jax from the cuda backend's initial weights, the scalar lambdas' first gradient zeroed", backend="jax",
-    cuda_init=True, edits=VARIANTS["from-cuda-init"].edits + JAX_NO_KICK)
+# The scalar mixing weights' first gradient is rounding noise (zero_scalar_gradients in the canvases says why);
+# every backend now zeroes it. These put back upstream's first step, a full step of +-lr on the sign of that
+# noise (x0_lambdas: 0.1 -> 0.6 or -0.4).
+VARIANTS["scalar-kick"] = Variant(
+    "the scalar lambdas' first gradient (rounding noise at init) left in, as upstream: AdamW jumps them +-lr",
+    edits=(("    if step == 0:\n        zero_scalar_gradients(model)\n", ""),))
+JAX_KICK = (("        if step == 0:\n            grads = zero_scalar_gradients(grads)\n", ""),)
+VARIANTS["jax-scalar-kick"] = Variant(
+    "jax with the scalar lambdas' first gradient left in (as cuda:scalar-kick)", backend="jax", edits=JAX_KICK)
+VARIANTS["from-cuda-init-scalar-kick"] = Variant(
+    "jax from the cuda backend's initial weights, the scalar lambdas' first gradient left in", backend="jax",
+    cuda_init=True, edits=VARIANTS["from-cuda-init"].edits + JAX_KICK)
 
 
 def apply(variant, text):

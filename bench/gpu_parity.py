@@ -121,7 +121,7 @@ def run_jax(args, out, own_init=False):
     losses, lambdas = [], []
     for i in range(args.steps):
         micro = [(xs[i * accum + a], ys[i * accum + a]) for a in range(accum)]
-        params, opt_state, loss = train_step(params, opt_state, micro, t.schedules(i / args.steps, i))
+        params, opt_state, loss = train_step(params, opt_state, micro, i / args.steps, i)
         losses.append(float(loss))
         if i in (0, args.steps - 1):
             lambdas.append({n: np.asarray(p, np.float32).tolist() for n, p in params.items() if "lambdas" in n})

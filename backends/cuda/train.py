@@ -474,6 +474,17 @@ def set_schedules(optimizer, progress, step):
             group["weight_decay"] = group["initial_weight_decay"] * (1 - progress)
 
 
+def zero_scalar_gradients(model):
+    """Zero the scalar mixing weights' gradients; train_step does it on the first step. At init every block's
+    output projection is zero, so the final RMSNorm removes whatever scale the lambdas give the residual stream:
+    the loss does not depend on them and their gradient is rounding noise. AdamW's first step, g / (|g| + eps),
+    would turn that noise into a full step of +-lr whose sign follows the initial draws and the kernels
+    (x0_lambdas 0.1 -> 0.6 or -0.4; the two signs differ by 0.04 val_bpb at 60 s, docs/notes/fidelity.md).
+    Upstream takes that step."""
+    model.resid_lambdas.grad.zero_()
+    model.x0_lambdas.grad.zero_()
+
+
 def autocast(device):
     return torch.autocast(device.type, dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
@@ -488,6 +499,8 @@ def train_step(model, optimizer, batches, progress, step):
             loss = model(x, y).mean()
         (loss / len(batches)).backward()
         losses.append(loss.detach())
+    if step == 0:
+        zero_scalar_gradients(model)
     set_schedules(optimizer, progress, step)
     optimizer.step()
     model.zero_grad(set_to_none=True)

@@ -446,10 +446,17 @@ def schedules(progress, step):
                 wd_mult=np.float32(1 - progress))
 
 
+def zero_scalar_gradients(grads):
+    """The gradients with the scalar mixing weights' zeroed; train_step does it on the first step, as the
+    reference (its zero_scalar_gradients says why: at init their gradient is rounding noise)."""
+    return {name: jnp.zeros_like(g) if name in ("resid_lambdas", "x0_lambdas") else g for name, g in grads.items()}
+
+
 def make_train_step(modeldef, optimizer):
-    """train_step(params, opt_state, batches, schedules) -> (params, opt_state, mean loss): one optimizer step
-    over a list of (inputs, targets) micro-batches with their gradients averaged, as the reference's train_step.
-    Two jitted programs (gradient accumulation, optimizer update) that donate their buffers; nothing syncs."""
+    """train_step(params, opt_state, batches, progress, step) -> (params, opt_state, mean loss): one optimizer
+    step over a list of (inputs, targets) micro-batches with their gradients averaged, schedules set for
+    `progress` and `step`, as the reference's train_step. Two jitted programs (gradient accumulation, optimizer
+    update) that donate their buffers; nothing syncs."""
 
     def accumulate(params, grads, inputs, targets, n):
         loss, g = jax.value_and_grad(lambda p: merge_model(modeldef, p)(inputs, targets).mean() / n)(params)
@@ -463,12 +470,14 @@ def make_train_step(modeldef, optimizer):
     accumulate = jax.jit(accumulate, static_argnums=4, donate_argnums=1)
     update = jax.jit(update, donate_argnums=(0, 1))
 
-    def train_step(params, opt_state, batches, sched):
+    def train_step(params, opt_state, batches, progress, step):
         grads, losses = zeros(params), []
         for inputs, targets in batches:
             grads, loss = accumulate(params, grads, inputs, targets, len(batches))
             losses.append(loss)
-        params, opt_state = update(params, opt_state, grads, sched)
+        if step == 0:
+            grads = zero_scalar_gradients(grads)
+        params, opt_state = update(params, opt_state, grads, schedules(progress, step))
         return params, opt_state, jnp.mean(jnp.stack(losses))
 
     return train_step
@@ -574,7 +583,7 @@ def main(profile=None):
         for _ in range(accum_steps):
             x, y, epoch = next_batch()
             batches.append((x, y))
-        params, opt_state, loss = train_step(params, opt_state, batches, schedules(progress, step))
+        params, opt_state, loss = train_step(params, opt_state, batches, progress, step)
         if pending:
             smooth_loss = 0.9 * smooth_loss + 0.1 * read_loss(pending)
         pending = (step, loss)

@@ -491,6 +491,12 @@ def set_schedules(optimizer, progress, step):
             group["weight_decay"] = group["initial_weight_decay"] * (1 - progress)
 
 
+def zero_scalar_gradients(grads):
+    """The gradients with the scalar mixing weights' zeroed; train_step does it on the first step, as the
+    reference (its zero_scalar_gradients says why: at init their gradient is rounding noise)."""
+    return {name: mx.zeros_like(g) if name in ("resid_lambdas", "x0_lambdas") else g for name, g in grads.items()}
+
+
 def loss_and_grad_fn(model):
     """Compiled (inputs, targets) -> (mean loss, {name: gradient}), reading the model's current weights."""
     value_and_grad = nn.value_and_grad(model, lambda m, x, y: m(x, y).mean())
@@ -517,6 +523,8 @@ def train_step(model, optimizer, batches, progress, step, loss_and_grad=None):
             mx.async_eval(grads, losses)  # one micro-batch's graph (and activations) at a time
     if len(batches) > 1:
         grads = {n: gr / len(batches) for n, gr in grads.items()}
+    if step == 0:
+        grads = zero_scalar_gradients(grads)
     set_schedules(optimizer, progress, step)
     optimizer.step(model, grads)
     loss = mx.mean(mx.stack(losses))

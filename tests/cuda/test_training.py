@@ -123,3 +123,26 @@ def test_nan_loss_fails_fast(prepared_env, tmp_path):
     fail_lines = [line for line in out.stdout.splitlines() if line.startswith("FAIL:")]
     assert len(fail_lines) == 1 and "loss is nan at step 0" in fail_lines[0], out.stdout[-2000:]
     assert "val_bpb:" not in out.stdout
+
+
+def test_scalars_sit_out_the_first_step(train):
+    """Step 0 leaves resid_lambdas and x0_lambdas as init_weights set them, even where their gradient is real
+    (here the blocks' output projections are not zero); step 1 moves them. Without this the first AdamW step
+    would move them by +-lr on the sign of rounding noise (zero_scalar_gradients)."""
+    config = train.tiny_config()
+    model = train.build_model(config)
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.c_proj.weight.normal_(0, 0.05, generator=torch.Generator().manual_seed(0))
+            block.mlp.c_proj.weight.normal_(0, 0.05, generator=torch.Generator().manual_seed(1))
+    opt = train.build_optimizer(model)
+    x, y = fixed_batch(config)
+    weights = [train.export_weights(model)]
+    for step in (0, 1):
+        train.train_step(model, opt, [(x, y)], 0.0, step)
+        weights.append(train.export_weights(model))
+    init, after_0, after_1 = weights
+    for name in ("resid_lambdas", "x0_lambdas"):
+        np.testing.assert_array_equal(after_0[name], init[name], err_msg=name)
+        assert np.abs(after_1[name] - after_0[name]).min() > 1e-4, name
+    assert not np.array_equal(after_0["wte.weight"], init["wte.weight"])

@@ -79,7 +79,7 @@ def test_loss_falls_on_a_fixed_batch(train):
     x, y = fixed_batch(config)
     losses = []
     for i in range(40):
-        params, opt_state, loss = step(params, opt_state, [(x[:2], y[:2]), (x[2:], y[2:])], train.schedules(i / 40, i))
+        params, opt_state, loss = step(params, opt_state, [(x[:2], y[:2]), (x[2:], y[2:])], i / 40, i)
         losses.append(float(loss))
     assert losses[0] == pytest.approx(math.log(config.vocab_size), rel=0.05)  # uniform at init (lm_head ~ 0)
     assert all(math.isfinite(v) for v in losses)
@@ -134,3 +134,27 @@ def test_norm_eps_is_float32s_machine_epsilon_as_the_reference(train, reference,
     torch_dtype = torch.float32 if dtype == jnp.float32 else torch.bfloat16
     want = reference.norm(torch.from_numpy(x).to(torch_dtype)).float().numpy()
     np.testing.assert_allclose(got, want, rtol=1e-5 if dtype == jnp.float32 else 1e-2)
+
+
+def test_scalars_sit_out_the_first_step(train):
+    """Step 0 leaves resid_lambdas and x0_lambdas as init_weights set them, even where their gradient is real
+    (here the blocks' output projections are not zero); step 1 moves them, as the reference."""
+    config = train.tiny_config()
+    model = train.build_model(config, gpu=False)
+    rng = np.random.default_rng(0)
+    init = {n: rng.normal(0, 0.05, w.shape).astype(np.float32) if n.endswith("c_proj.weight") else w
+            for n, w in train.export_weights(model).items()}
+    train.import_weights(model, init)
+    modeldef, params = train.split_model(model)
+    optimizer = train.build_optimizer(params)
+    opt_state = optimizer.init(params)
+    step = train.make_train_step(modeldef, optimizer)
+    x, y = fixed_batch(config)
+    after = []
+    for i in (0, 1):
+        params, opt_state, _ = step(params, opt_state, [(x, y)], 0.0, i)
+        after.append({n: np.array(p) for n, p in params.items()})
+    for name in ("resid_lambdas", "x0_lambdas"):
+        np.testing.assert_array_equal(after[0][name], init[name], err_msg=name)
+        assert np.abs(after[1][name] - after[0][name]).min() > 1e-4, name
+    assert not np.array_equal(after[0]["wte.weight"], init["wte.weight"])

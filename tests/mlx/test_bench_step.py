@@ -53,7 +53,7 @@ def jax_step(train, config, batches):
     step = train.make_train_step(modeldef, optimizer)
 
     def run():
-        state["params"], state["opt"], loss = step(state["params"], state["opt"], batches, train.schedules(0.0, 0))
+        state["params"], state["opt"], loss = step(state["params"], state["opt"], batches, 0.0, 0)
         return float(loss)
 
     return run

@@ -236,3 +236,21 @@ def test_norm_eps_is_float32s_machine_epsilon(train, dtype):
     x32 = x.astype(np.float64) if dtype == "float32" else np.array(mx.array(x).astype(mx.bfloat16).astype(mx.float32), np.float64)
     want = x32 / np.sqrt((x32 ** 2).mean(-1, keepdims=True) + np.finfo(np.float32).eps)
     np.testing.assert_allclose(got, want, rtol=1e-5 if dtype == "float32" else 1e-2)
+
+
+def test_scalars_sit_out_the_first_step(train):
+    """Step 0 leaves resid_lambdas and x0_lambdas where they were, even where their gradient is real (an
+    exercised model); step 1 moves them, as the reference."""
+    cfg = train.tiny_config()
+    model = exercised_model(train, cfg)
+    opt = train.build_optimizer(model)
+    x, y = batch(cfg)
+    weights = [train.export_weights(model)]
+    for step in (0, 1):
+        train.train_step(model, opt, [(x, y)], 0.0, step).item()
+        weights.append(train.export_weights(model))
+    init, after_0, after_1 = weights
+    for name in ("resid_lambdas", "x0_lambdas"):
+        np.testing.assert_array_equal(after_0[name], init[name], err_msg=name)
+        assert np.abs(after_1[name] - after_0[name]).min() > 1e-4, name
+    assert not np.array_equal(after_0["wte.weight"], init["wte.weight"])

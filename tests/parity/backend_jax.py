@@ -68,7 +68,7 @@ def step(config, weights, inputs, targets, schedule):
     train_step = train.make_train_step(modeldef, optimizer)
     batches = list(zip(inputs, targets))
     for progress, n in schedule:
-        params, opt_state, _ = train_step(params, opt_state, batches, train.schedules(progress, n))
+        params, opt_state, _ = train_step(params, opt_state, batches, progress, n)
     return _numpy(params)
 
 
