@@ -100,6 +100,20 @@ VARIANTS["from-cuda-init-scalar-kick"] = Variant(
     "jax from the cuda backend's initial weights, the scalar lambdas' first gradient left in", backend="jax",
     cuda_init=True, edits=VARIANTS["from-cuda-init"].edits + JAX_KICK)
 
+# Where upstream's first step leaves the scalars at its seed on an H200 (gpu_parity: every x0_lambdas 0.600,
+# resid_lambdas 1.005): started there, with the first gradient still zeroed, every draw gets upstream's
+# post-step-0 state instead of a coin flip.
+VARIANTS["scalars-after-upstream-step"] = Variant(
+    "resid_lambdas start at 1.005 and x0_lambdas at 0.6, where upstream's first step leaves them at its seed",
+    edits=(("        self.resid_lambdas.fill_(1.0)\n        self.x0_lambdas.fill_(0.1)\n",
+            "        self.resid_lambdas.fill_(1.005)\n        self.x0_lambdas.fill_(0.6)\n"),))
+VARIANTS["jax-scalars-after-upstream-step"] = Variant(
+    "jax, resid_lambdas from 1.005 and x0_lambdas from 0.6 (as cuda:scalars-after-upstream-step)", backend="jax",
+    edits=(("        self.resid_lambdas[...] = jnp.ones_like(self.resid_lambdas[...])\n"
+            "        self.x0_lambdas[...] = jnp.full_like(self.x0_lambdas[...], 0.1)\n",
+            "        self.resid_lambdas[...] = jnp.full_like(self.resid_lambdas[...], 1.005)\n"
+            "        self.x0_lambdas[...] = jnp.full_like(self.x0_lambdas[...], 0.6)\n"),))
+
 
 def apply(variant, text):
     """The canvas text with the variant's edits; a ValueError names an edit that does not apply once."""
