@@ -87,32 +87,32 @@ for seed in (43, 44):
     VARIANTS[f"seed-{seed}"] = Variant(f"SEED = {seed} (initial weights drawn from another seed; data order unchanged)",
                                        edits=(("SEED = 42\n", f"SEED = {seed}\n"),))
 
-# The scalar mixing weights' first gradient is rounding noise (zero_scalar_gradients in the canvases says why);
-# every backend now zeroes it. These put back upstream's first step, a full step of +-lr on the sign of that
-# noise (x0_lambdas: 0.1 -> 0.6 or -0.4).
-VARIANTS["scalar-kick"] = Variant(
-    "the scalar lambdas' first gradient (rounding noise at init) left in, as upstream: AdamW jumps them +-lr",
-    edits=(("    if step == 0:\n        zero_scalar_gradients(model)\n", ""),))
+# The scalar mixing weights' first gradient is rounding noise (zero_scalar_gradients in the canvases says why).
+# Upstream's first AdamW step turns it into a full step of +-lr (x0_lambdas: 0.1 -> 0.6 or -0.4); every backend
+# now starts the scalars where that step leads at upstream's seed (1.005, 0.6) and zeroes their first gradient.
+CUDA_UPSTREAM_SCALARS = (("        self.resid_lambdas.fill_(1.005)\n        self.x0_lambdas.fill_(0.6)\n",
+                          "        self.resid_lambdas.fill_(1.0)\n        self.x0_lambdas.fill_(0.1)\n"),)
+JAX_UPSTREAM_SCALARS = (("        self.resid_lambdas[...] = jnp.full_like(self.resid_lambdas[...], 1.005)\n"
+                         "        self.x0_lambdas[...] = jnp.full_like(self.x0_lambdas[...], 0.6)\n",
+                         "        self.resid_lambdas[...] = jnp.full_like(self.resid_lambdas[...], 1.0)\n"
+                         "        self.x0_lambdas[...] = jnp.full_like(self.x0_lambdas[...], 0.1)\n"),)
+CUDA_KICK = (("    if step == 0:\n        zero_scalar_gradients(model)\n", ""),)
 JAX_KICK = (("        if step == 0:\n            grads = zero_scalar_gradients(grads)\n", ""),)
+VARIANTS["scalar-kick"] = Variant(
+    "upstream's scalars: from 1.0 and 0.1, their first gradient (rounding noise) left in, so AdamW jumps them +-lr",
+    edits=CUDA_UPSTREAM_SCALARS + CUDA_KICK)
 VARIANTS["jax-scalar-kick"] = Variant(
-    "jax with the scalar lambdas' first gradient left in (as cuda:scalar-kick)", backend="jax", edits=JAX_KICK)
+    "jax with upstream's scalars (as cuda:scalar-kick)", backend="jax", edits=JAX_UPSTREAM_SCALARS + JAX_KICK)
 VARIANTS["from-cuda-init-scalar-kick"] = Variant(
-    "jax from the cuda backend's initial weights, the scalar lambdas' first gradient left in", backend="jax",
-    cuda_init=True, edits=VARIANTS["from-cuda-init"].edits + JAX_KICK)
-
-# Where upstream's first step leaves the scalars at its seed on an H200 (gpu_parity: every x0_lambdas 0.600,
-# resid_lambdas 1.005): started there, with the first gradient still zeroed, every draw gets upstream's
-# post-step-0 state instead of a coin flip.
-VARIANTS["scalars-after-upstream-step"] = Variant(
-    "resid_lambdas start at 1.005 and x0_lambdas at 0.6, where upstream's first step leaves them at its seed",
-    edits=(("        self.resid_lambdas.fill_(1.0)\n        self.x0_lambdas.fill_(0.1)\n",
-            "        self.resid_lambdas.fill_(1.005)\n        self.x0_lambdas.fill_(0.6)\n"),))
-VARIANTS["jax-scalars-after-upstream-step"] = Variant(
-    "jax, resid_lambdas from 1.005 and x0_lambdas from 0.6 (as cuda:scalars-after-upstream-step)", backend="jax",
-    edits=(("        self.resid_lambdas[...] = jnp.ones_like(self.resid_lambdas[...])\n"
-            "        self.x0_lambdas[...] = jnp.full_like(self.x0_lambdas[...], 0.1)\n",
-            "        self.resid_lambdas[...] = jnp.full_like(self.resid_lambdas[...], 1.005)\n"
-            "        self.x0_lambdas[...] = jnp.full_like(self.x0_lambdas[...], 0.6)\n"),))
+    "jax from the cuda backend's initial weights with upstream's scalars (as cuda:scalar-kick)", backend="jax",
+    cuda_init=True, edits=VARIANTS["from-cuda-init"].edits + JAX_UPSTREAM_SCALARS + JAX_KICK)
+# What the backends did from fec23ec: upstream's starting values, the first gradient zeroed (no jump at all).
+VARIANTS["scalars-from-upstream-init"] = Variant(
+    "resid_lambdas from 1.0 and x0_lambdas from 0.1 (upstream's init_weights), the first gradient zeroed",
+    edits=CUDA_UPSTREAM_SCALARS)
+VARIANTS["jax-scalars-from-upstream-init"] = Variant(
+    "jax, the scalars from upstream's 1.0 and 0.1 (as cuda:scalars-from-upstream-init)", backend="jax",
+    edits=JAX_UPSTREAM_SCALARS)
 
 
 def apply(variant, text):

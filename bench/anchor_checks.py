@@ -2,6 +2,7 @@
 
     python bench/anchor_checks.py metric   [--upstream DIR] [--data FOLDER] [--batch-size 128]
     python bench/anchor_checks.py numerics [--upstream DIR] [--steps 20]
+    python bench/anchor_checks.py first-step [--seeds 6]
 
 metric: upstream's evaluate_bpb and common.evaluate.evaluate_bpb score the same model on the h100 profile's
 validation rows. The model is a bigram table counted from the training split: a real language model whose
@@ -13,6 +14,12 @@ numerics: upstream's GPT and MuonAdamW against ours, in float64 on the CPU, from
 weights, the schedules (LR, Muon momentum, weight decay over steps and progress), then training steps on the
 same batches with the same schedule values, loss and weights compared after every step. In float64 rounding
 is ~1e-16, so a difference in what the two compute shows as a gap far above that, from the first step on.
+
+first-step: which way upstream's first AdamW step would move the scalar mixing weights, seed by seed. At
+init their gradient is rounding noise and AdamW steps by its sign, a full +-lr (x0_lambdas 0.1 -> 0.6 when it is
+negative, -0.4 when positive). The h100 model in bf16 (jax, XLA attention) on 2 x 2048 random tokens, from
+torch's draws (backends/cuda, on the CPU: not the GPU's numbers) and jax's, for seeds 0..N-1: the sign of each
+layer's x0_lambdas gradient. Needs jax; upstream's code is not used.
 
 Upstream's code runs from the folder given or fetched as bench/anchor.py does (.upstream/, git-ignored), with
 these changes made in memory only, for the CPU: no torch.compile, FlashAttention-3 replaced by SDPA with the
@@ -243,16 +250,50 @@ def numerics(args):
     return 0 if init_diff == 0 and worst < 1e-12 and worst_early < 1e-6 else 1
 
 
+# ---------------------------------------------------------------------------------------------------------
+# first-step
+# ---------------------------------------------------------------------------------------------------------
+
+def first_step(args):
+    import jax
+    import jax.numpy as jnp
+    jx = load_canvas(REPO / "backends" / "jax" / "train.py", "jax")
+    ours = load_ours()
+    config = jx.model_config(8, 2048, 8192)  # the h100 profile's model
+    x = np.random.default_rng(0).integers(0, config.vocab_size, (2, config.sequence_len), dtype=np.int32)
+    model = jx.GPT(config, jnp.bfloat16, "xla")
+    modeldef, _ = jx.split_model(model)
+    grad = jax.jit(jax.grad(lambda p: jx.merge_model(modeldef, p)(x, np.roll(x, -1, 1)).mean()))
+    print("draws  seed  x0_lambdas' first step per layer (+ = up, 0.1 -> 0.6)  mean gradient")
+    for draws in ("torch", "jax"):
+        for seed in range(args.seeds):
+            if draws == "torch":
+                weights = ours.export_weights(ours.build_model(ours.GPTConfig(**vars(config)), "cpu", seed=seed))
+            else:
+                drawn = jx.GPT(config, jnp.bfloat16, "xla")
+                drawn.init_weights(jax.random.key(seed))
+                weights = jx.export_weights(drawn)
+            weights.update(resid_lambdas=np.ones(config.n_layer, np.float32),  # upstream's init_weights
+                           x0_lambdas=np.full(config.n_layer, 0.1, np.float32))
+            jx.import_weights(model, weights)
+            g = np.asarray(grad(jx.split_model(model)[1])["x0_lambdas"], np.float32)
+            print(f"{draws:6} {seed:4}  {' '.join('+' if v < 0 else '-' if v > 0 else '0' for v in g):46}  {g.mean():+.2e}")
+    return 0
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("check", choices=["metric", "numerics"])
+    parser.add_argument("check", choices=["metric", "numerics", "first-step"])
     parser.add_argument("--upstream", help="a folder with upstream's prepare.py and train.py (else fetched)")
     parser.add_argument("--data", default=os.environ.get("AUTORESEARCH_DATA"), help="a folder of parquet shards")
     parser.add_argument("--work", default=str(REPO / "runs" / "anchor" / "upstream"), help="upstream's HOME etc.")
     parser.add_argument("--batch-size", type=int, default=128, help="metric: evaluation batch size")
     parser.add_argument("--train-batches", type=int, default=200, help="metric: batches counted for the bigram")
     parser.add_argument("--steps", type=int, default=20, help="numerics: training steps compared")
+    parser.add_argument("--seeds", type=int, default=6, help="first-step: seeds 0..N-1 of each kind of draws")
     args = parser.parse_args()
+    if args.check == "first-step":
+        return first_step(args)
     print(f"upstream autoresearch {UPSTREAM_COMMIT[:12]} against backends/cuda/train.py, on the CPU")
     return metric(args) if args.check == "metric" else numerics(args)
 

@@ -236,8 +236,10 @@ class GPT(nn.Module):
                 nn.init.zeros_(block.attn.ve_gate.weight)
         for ve in self.value_embeds.values():
             nn.init.uniform_(ve.weight, -s, s)
-        self.resid_lambdas.fill_(1.0)
-        self.x0_lambdas.fill_(0.1)
+        # Where upstream's first AdamW step leaves them at its seed (one step of SCALAR_LR up from 1.0 and 0.1);
+        # train_step holds them on that step (zero_scalar_gradients), so no draw can send them the other way.
+        self.resid_lambdas.fill_(1.005)
+        self.x0_lambdas.fill_(0.6)
 
     def forward(self, idx, targets=None):
         """Per-token cross-entropy in nats, float32, shape (B, T); the logits when targets is None."""
@@ -480,7 +482,7 @@ def zero_scalar_gradients(model):
     the loss does not depend on them and their gradient is rounding noise. AdamW's first step, g / (|g| + eps),
     would turn that noise into a full step of +-lr whose sign follows the initial draws and the kernels
     (x0_lambdas 0.1 -> 0.6 or -0.4; the two signs differ by 0.04 val_bpb at 60 s, docs/notes/fidelity.md).
-    Upstream takes that step."""
+    Upstream takes that step, upwards at its seed; init_weights starts them where it leads."""
     model.resid_lambdas.grad.zero_()
     model.x0_lambdas.grad.zero_()
 

@@ -206,8 +206,9 @@ class GPT(nnx.Module):
                 block.attn.ve_gate.weight[...] = jnp.zeros_like(block.attn.ve_gate.weight[...])
         for ve in self.value_embeds.values():
             uniform(ve.weight)
-        self.resid_lambdas[...] = jnp.ones_like(self.resid_lambdas[...])
-        self.x0_lambdas[...] = jnp.full_like(self.x0_lambdas[...], 0.1)
+        # Where upstream's first step leaves them at its seed, held on that step: the reference's init_weights.
+        self.resid_lambdas[...] = jnp.full_like(self.resid_lambdas[...], 1.005)
+        self.x0_lambdas[...] = jnp.full_like(self.x0_lambdas[...], 0.6)
 
     def hidden_states(self, idx):
         """The normalised embedding x0, then the residual stream after each block: the forward pass up to the

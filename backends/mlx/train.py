@@ -211,8 +211,9 @@ class GPT(nn.Module):
                 block.attn.ve_gate.weight = mx.zeros_like(block.attn.ve_gate.weight)
         for ve in self.value_embeds.values():
             ve.weight = uniform(ve.weight)
-        self.resid_lambdas = mx.ones((self.config.n_layer,))
-        self.x0_lambdas = mx.full((self.config.n_layer,), 0.1)
+        # Where upstream's first step leaves them at its seed, held on that step: the reference's init_weights.
+        self.resid_lambdas = mx.full((self.config.n_layer,), 1.005)
+        self.x0_lambdas = mx.full((self.config.n_layer,), 0.6)
         mx.eval(self.parameters())
 
     def hidden_states(self, idx):

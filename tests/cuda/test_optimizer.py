@@ -112,7 +112,7 @@ def test_each_adamw_group_steps_by_its_lr(train):
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     x = torch.randint(0, model.config.vocab_size, (2, model.config.sequence_len), generator=torch.Generator().manual_seed(0))
     progress = 0.75  # in the warmdown: LR multiplier 0.5
-    train.train_step(model, opt, [(x, x.roll(-1, 1))], progress, 0)
+    train.train_step(model, opt, [(x, x.roll(-1, 1))], progress, 1)  # the optimizer's first step (on 0 the scalars sit out)
     lrm = train.lr_multiplier(progress)
     assert lrm == pytest.approx(0.5)
     for group in opt.param_groups:

@@ -46,7 +46,8 @@ def test_gradient_accumulation_equals_one_big_batch(train):
                 block.mlp.c_proj.weight.normal_(0, 0.05, generator=torch.Generator().manual_seed(1))
         # No weight decay: its cautious mask (g * p >= 0) flips on rounding where g * p is near 0, which moves
         # single weights by lr * wd * |p| whatever the accumulation does.
-        train.train_step(model, train.build_optimizer(model, weight_decay=0.0), batches, 0.0, 0)
+        # Step 1, not 0: on step 0 the scalars sit out.
+        train.train_step(model, train.build_optimizer(model, weight_decay=0.0), batches, 0.0, 1)
         weights[name] = train.export_weights(model)
     for name in weights["one"]:
         np.testing.assert_allclose(weights["two"][name], weights["one"][name], rtol=1e-4, atol=1e-5, err_msg=name)
@@ -126,9 +127,10 @@ def test_nan_loss_fails_fast(prepared_env, tmp_path):
 
 
 def test_scalars_sit_out_the_first_step(train):
-    """Step 0 leaves resid_lambdas and x0_lambdas as init_weights set them, even where their gradient is real
-    (here the blocks' output projections are not zero); step 1 moves them. Without this the first AdamW step
-    would move them by +-lr on the sign of rounding noise (zero_scalar_gradients)."""
+    """init_weights starts resid_lambdas and x0_lambdas where upstream's first step leaves them at its seed
+    (1.005, 0.6); step 0 leaves them there, even where their gradient is real (here the blocks' output
+    projections are not zero); step 1 moves them. Without the hold, the first AdamW step would move them by
+    +-lr on the sign of rounding noise (zero_scalar_gradients)."""
     config = train.tiny_config()
     model = train.build_model(config)
     with torch.no_grad():
@@ -142,6 +144,8 @@ def test_scalars_sit_out_the_first_step(train):
         train.train_step(model, opt, [(x, y)], 0.0, step)
         weights.append(train.export_weights(model))
     init, after_0, after_1 = weights
+    np.testing.assert_allclose(init["resid_lambdas"], 1.0 + 0.01 * train.SCALAR_LR)
+    np.testing.assert_allclose(init["x0_lambdas"], 0.1 + train.SCALAR_LR)
     for name in ("resid_lambdas", "x0_lambdas"):
         np.testing.assert_array_equal(after_0[name], init[name], err_msg=name)
         assert np.abs(after_1[name] - after_0[name]).min() > 1e-4, name

@@ -137,8 +137,8 @@ def test_norm_eps_is_float32s_machine_epsilon_as_the_reference(train, reference,
 
 
 def test_scalars_sit_out_the_first_step(train):
-    """Step 0 leaves resid_lambdas and x0_lambdas as init_weights set them, even where their gradient is real
-    (here the blocks' output projections are not zero); step 1 moves them, as the reference."""
+    """Step 0 leaves resid_lambdas and x0_lambdas where init_weights starts them (1.005, 0.6, as the reference),
+    even where their gradient is real (here the blocks' output projections are not zero); step 1 moves them."""
     config = train.tiny_config()
     model = train.build_model(config, gpu=False)
     rng = np.random.default_rng(0)
@@ -149,6 +149,8 @@ def test_scalars_sit_out_the_first_step(train):
     optimizer = train.build_optimizer(params)
     opt_state = optimizer.init(params)
     step = train.make_train_step(modeldef, optimizer)
+    np.testing.assert_allclose(init["resid_lambdas"], 1.005)
+    np.testing.assert_allclose(init["x0_lambdas"], 0.6)
     x, y = fixed_batch(config)
     after = []
     for i in (0, 1):
