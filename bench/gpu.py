@@ -8,14 +8,16 @@ profile's time budget replaced by --budget (--budget 0: the profile's own, 300 s
 AUTORESEARCH_DATA / AUTORESEARCH_CACHE as for `make run`. A second run of the same config shows start-up with
 a warm compilation cache.
 
-Columns: tokens/s and MFU over the timed steps; peak GPU memory; start-up = process start to the first timed
-step (imports, data, model, compilation: wall - training - eval); eval = evaluate_bpb; val_bpb. A backend's
+Columns: tokens trained (timed and untimed steps); tokens/s and MFU over the timed steps; peak GPU memory;
+start-up = process start to the first timed step (imports, data, model, compilation: wall - training - eval);
+eval = evaluate_bpb; total - training = wall - training (bench-anchor's column); val_bpb. A backend's
 trainer must have main(profile=None) and print the common summary block and, before it, an
 `eval_seconds: X` line.
 """
 
 import argparse
 import datetime
+import importlib.metadata
 import importlib.util
 import os
 import re
@@ -63,7 +65,8 @@ def run_once(args, index):
         return dict(run=index, error=f"exit {proc.returncode}")
     s = parse_summary(text)
     eval_s = float(m.group(1)) if (m := re.search(r"^eval_seconds:\s*([\d.]+)", text, re.M)) else float("nan")
-    return dict(run=index, steps=s["num_steps"], train_s=s["training_seconds"], tok_s=s["tokens_per_sec"],
+    return dict(run=index, steps=s["num_steps"], train_s=s["training_seconds"], tokens_m=s["total_tokens_M"],
+                tok_s=s["tokens_per_sec"],
                 mfu=s["mfu_percent"], peak_gb=s["peak_vram_mb"] / 1024, wall=wall,
                 startup=wall - s["training_seconds"] - eval_s, eval=eval_s, overhead=wall - s["training_seconds"],
                 val_bpb=s["val_bpb"])
@@ -96,16 +99,21 @@ def main():
     run_cli(prepare, os.environ.get("AUTORESEARCH_DATA"), if_needed=True)  # as `make run`: a no-op once prepared
     rows = [run_once(args, i + 1) for i in range(args.repeat)]
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    print(f"\n{args.backend} backend | profile {args.profile} | budget {args.budget or 'profile'} s | {gpu_name()} | {date}")
-    header = f"{'run':>3} {'steps':>6} {'train s':>8} {'tokens/s':>11} {'MFU %':>6} {'peak GB':>8} {'start-up s':>10} {'eval s':>7} {'wall-train s':>12} {'val_bpb':>9}"
+    versions = ", ".join(f"{p} {importlib.metadata.version(p)}" for p in ("torch", "jax")
+                         if importlib.util.find_spec(p))
+    print(f"\n{args.backend} backend | profile {args.profile} | budget {args.budget or 'profile'} s | "
+          f"{gpu_name()} (name, driver) | {versions} | {date}")
+    header = (f"{'run':>3} {'steps':>6} {'train s':>8} {'tokens M':>9} {'tokens/s':>11} {'MFU %':>6} {'peak GB':>8} "
+              f"{'start-up s':>10} {'eval s':>7} {'total - training s':>18} {'val_bpb':>9}")
     print(header)
     print("-" * len(header))
     for r in rows:
         if "error" in r:
             print(f"{r['run']:>3} {r['error']}")
             continue
-        print(f"{r['run']:>3} {r['steps']:>6} {r['train_s']:>8.1f} {r['tok_s']:>11,.0f} {r['mfu']:>6.1f} {r['peak_gb']:>8.1f} "
-              f"{r['startup']:>10.1f} {r['eval']:>7.1f} {r['overhead']:>12.1f} {r['val_bpb']:>9.4f}")
+        print(f"{r['run']:>3} {r['steps']:>6} {r['train_s']:>8.1f} {r['tokens_m']:>9.1f} {r['tok_s']:>11,.0f} "
+              f"{r['mfu']:>6.1f} {r['peak_gb']:>8.1f} {r['startup']:>10.1f} {r['eval']:>7.1f} {r['overhead']:>18.1f} "
+              f"{r['val_bpb']:>9.4f}")
     return 0 if all("error" not in r for r in rows) else 1
 
 

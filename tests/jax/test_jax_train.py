@@ -110,6 +110,8 @@ def test_smoke_run_prints_a_parseable_summary(prepared_env):
     assert summary["backend"] == "jax" and summary["profile"] == "smoke"
     assert math.isfinite(summary["val_bpb"]) and 0 < summary["val_bpb"] < 4
     assert summary["num_steps"] > 2 and summary["training_seconds"] >= 3
+    compiled = list((Path(prepared_env["AUTORESEARCH_CACHE"]) / "jax").glob("jit_accumulate-*"))
+    assert compiled, "the training step is not in XLA's persistent compilation cache"
 
 
 def test_nan_loss_fails_fast(prepared_env, tmp_path):
@@ -160,3 +162,20 @@ def test_scalars_sit_out_the_first_step(train):
         np.testing.assert_array_equal(after[0][name], init[name], err_msg=name)
         assert np.abs(after[1][name] - after[0][name]).min() > 1e-4, name
     assert not np.array_equal(after[0]["wte.weight"], init["wte.weight"])
+
+
+def test_an_edit_of_the_optimizer_hyperparameters_compiles_nothing_new(train):
+    """LRs, weight decay and Adam's betas and eps live in the optimizer state as arrays, not as constants of the
+    compiled update, so an agent's edit of them is served by XLA's persistent cache (it starts warm)."""
+    modeldef, params = train.split_model(train.build_model(train.tiny_config()))
+
+    def update_program(**hyperparameters):
+        optimizer = train.build_optimizer(params, **hyperparameters)
+        update = jax.jit(lambda p, s, g, sched: optimizer.update(g, s, p, **sched))
+        return update.lower(params, optimizer.init(params), params, train.schedules(0.5, 3)).as_text()
+
+    default = update_program()
+    edited = update_program(matrix_lr=0.03, embedding_lr=0.3, unembedding_lr=0.002, scalar_lr=0.4,
+                            weight_decay=0.1, adam_betas=(0.9, 0.99))
+    assert edited == default
+    assert update_program(ortho_dtype=jnp.bfloat16) != default  # a change of what is computed does compile
