@@ -10,7 +10,8 @@ per-token losses cost nothing to compute on a CPU. Prints whether the rows are i
 and ours recomputed with upstream's token byte lengths (which count a token holding part of a multi-byte
 character as the 3 bytes of a replacement character; ours count its exact bytes).
 
-numerics: upstream's GPT and MuonAdamW against ours, in float64 on the CPU, from one seed: the initial
+numerics: upstream's GPT and MuonAdamW against ours (with upstream's scalar mixing weights put back, see
+load_ours), in float64 on the CPU, from one seed: the initial
 weights, the schedules (LR, Muon momentum, weight decay over steps and progress), then training steps on the
 same batches with the same schedule values, loss and weights compared after every step. In float64 rounding
 is ~1e-16, so a difference in what the two compute shows as a gap far above that, from the first step on.
@@ -31,6 +32,7 @@ import ast
 import math
 import os
 import sys
+import tempfile
 import types
 from pathlib import Path
 
@@ -42,6 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+from ablations import VARIANTS, apply  # noqa: E402
 from anchor import UPSTREAM_COMMIT, load_canvas, prepare_upstream, upstream_code  # noqa: E402
 from common.errors import run_cli  # noqa: E402
 
@@ -91,7 +94,11 @@ def load_upstream_train(code, max_seq_len, pe_dtype=torch.float64):
 
 
 def load_ours():
-    return load_canvas(REPO / "backends" / "cuda" / "train.py")
+    """backends/cuda/train.py with upstream's scalar mixing weights put back (bench/ablations.py's scalar-kick:
+    their starting values and their first step), the one place where it departs from upstream on purpose."""
+    path = Path(tempfile.mkdtemp()) / "train.py"
+    path.write_text(apply(VARIANTS["scalar-kick"], (REPO / "backends" / "cuda" / "train.py").read_text()))
+    return load_canvas(path)
 
 
 # ---------------------------------------------------------------------------------------------------------
