@@ -115,6 +115,11 @@ VARIANTS["jax-scalars-from-upstream-init"] = Variant(
     edits=JAX_UPSTREAM_SCALARS)
 
 
+# Issue 11: jax's training loss in row groups (chunked_mean_loss), without whole (B, T, V) float32 logits.
+VARIANTS["jax-loss-chunks-8"] = Variant(
+    "jax with LOSS_CHUNKS = 8: the loss and its gradient in 8 row groups of each micro-batch (less memory)",
+    backend="jax", edits=(("\nLOSS_CHUNKS = 1 ", "\nLOSS_CHUNKS = 8 "),))
+
 def apply(variant, text):
     """The canvas text with the variant's edits; a ValueError names an edit that does not apply once."""
     for find, replace in variant.edits:

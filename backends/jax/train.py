@@ -24,6 +24,7 @@ import resource
 import sys
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -169,6 +170,46 @@ class LMHead(Linear):
         return optax.softmax_cross_entropy_with_integer_labels(logits, targets)
 
 
+@partial(jax.custom_vjp, nondiff_argnums=(3,))
+def chunked_mean_loss(x, weight, targets, chunks):
+    """LMHead's mean loss over x (B, T, D), computed `chunks` row groups at a time together with its gradient,
+    so that no (B, T, V) float32 array exists at once: the backward pass only scales what the forward pass
+    found. The same math and FLOPs as autodiff through LMHead (GPT.mean_loss, LOSS_CHUNKS)."""
+    return loss_and_gradients(x, weight, targets, chunks)[0]
+
+
+def loss_and_gradients(x, weight, targets, chunks):
+    def logits_of(xc, w):
+        return (norm(xc) @ w.astype(xc.dtype).T).astype(jnp.float32)
+
+    def one_chunk(dw, chunk):
+        xc, yc = chunk
+        logits, backward = jax.vjp(logits_of, xc, weight)
+        t = jnp.tanh(logits / 15)
+        capped = 15 * t
+        loss = optax.softmax_cross_entropy_with_integer_labels(capped, yc).sum()
+        dcapped = (jax.nn.softmax(capped) - jax.nn.one_hot(yc, capped.shape[-1])) / targets.size
+        dxc, dwc = backward(dcapped * (1 - t * t))
+        return dw + dwc, (loss, dxc)
+
+    split = lambda a: a.reshape(chunks, a.shape[0] // chunks, *a.shape[1:])  # noqa: E731
+    dw, (losses, dx) = jax.lax.scan(one_chunk, jnp.zeros_like(weight), (split(x), split(targets)))
+    return losses.sum() / targets.size, (dx.reshape(x.shape), dw)
+
+
+def chunked_mean_loss_forward(x, weight, targets, chunks):
+    loss, (dx, dw) = loss_and_gradients(x, weight, targets, chunks)
+    return loss, (dx, dw, targets.shape)
+
+
+def chunked_mean_loss_backward(chunks, saved, g):
+    dx, dw, targets_shape = saved
+    return (g * dx).astype(dx.dtype), g * dw, np.zeros(targets_shape, jax.dtypes.float0)
+
+
+chunked_mean_loss.defvjp(chunked_mean_loss_forward, chunked_mean_loss_backward)
+
+
 class GPT(nnx.Module):
     """compute_dtype: bfloat16 on a GPU (the reference's autocast), float32 on a CPU. Weights stay float32."""
 
@@ -228,6 +269,12 @@ class GPT(nnx.Module):
     def __call__(self, idx, targets=None):
         """Per-token cross-entropy in nats, float32, shape (B, T); the logits when targets is None."""
         return self.lm_head(self.hidden_states(idx)[-1], targets)
+
+    def mean_loss(self, idx, targets):
+        """The mean per-token loss, which training minimises; in LOSS_CHUNKS row groups when that is above 1."""
+        if LOSS_CHUNKS > 1:
+            return chunked_mean_loss(self.hidden_states(idx)[-1], self.lm_head.weight[...], targets, LOSS_CHUNKS)
+        return self(idx, targets).mean()
 
     def flops_per_token(self):
         """Training FLOPs per token (forward + backward), counted as upstream: 6 x matmul weights + attention."""
@@ -374,6 +421,7 @@ WINDOW_PATTERN = "SSSL"    # per-layer attention window: L = full context, S = h
 # Batch
 TOTAL_BATCH_SIZE = None    # tokens per optimizer step (profile: h100 2**19)
 DEVICE_BATCH_SIZE = None   # sequences per forward/backward; lower it if memory runs out (profile: h100 128)
+LOSS_CHUNKS = 1            # > 1: the training loss in that many row groups, without whole (B, T, V) float32 logits
 
 # Optimization
 MATRIX_LR = 0.04           # Muon, block matrices
@@ -467,7 +515,7 @@ def make_train_step(modeldef, optimizer):
     update) that donate their buffers; nothing syncs."""
 
     def accumulate(params, grads, inputs, targets, n):
-        loss, g = jax.value_and_grad(lambda p: merge_model(modeldef, p)(inputs, targets).mean() / n)(params)
+        loss, g = jax.value_and_grad(lambda p: merge_model(modeldef, p).mean_loss(inputs, targets) / n)(params)
         return jax.tree.map(jnp.add, grads, g), loss * n
 
     def update(params, opt_state, grads, sched):
@@ -556,6 +604,8 @@ def main(profile=None):
         fail(f"TOTAL_BATCH_SIZE {total_batch} is not a multiple of DEVICE_BATCH_SIZE x sequence length "
              f"({device_batch} x {seq_len}); change one of them.")
     accum_steps = total_batch // (device_batch * seq_len)
+    if device_batch % LOSS_CHUNKS:
+        fail(f"LOSS_CHUNKS {LOSS_CHUNKS} does not divide DEVICE_BATCH_SIZE {device_batch}; change one of them.")
 
     tokenizer = Tokenizer.load()
     config = model_config(depth, seq_len, tokenizer.vocab_size)

@@ -126,6 +126,17 @@ def test_nan_loss_fails_fast(prepared_env, tmp_path):
     assert "val_bpb" not in out.stdout
 
 
+def test_loss_chunks_that_do_not_divide_the_device_batch_are_refused(prepared_env, tmp_path):
+    source = TRAIN_PY.read_text()
+    assert "\nLOSS_CHUNKS = 1 " in source
+    edited = tmp_path / "train.py"
+    edited.write_text(source.replace("\nLOSS_CHUNKS = 1 ", "\nLOSS_CHUNKS = 7 "))
+    out = subprocess.run([sys.executable, str(edited)], cwd=REPO, env=prepared_env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "FAIL: LOSS_CHUNKS 7 does not divide DEVICE_BATCH_SIZE" in out.stdout
+
+
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_norm_eps_is_float32s_machine_epsilon_as_the_reference(train, reference, dtype):
     """The reference's F.rms_norm computes in float32 with float32's epsilon for float32 and bf16 inputs; on
@@ -179,3 +190,36 @@ def test_an_edit_of_the_optimizer_hyperparameters_compiles_nothing_new(train):
                             weight_decay=0.1, adam_betas=(0.9, 0.99))
     assert edited == default
     assert update_program(ortho_dtype=jnp.bfloat16) != default  # a change of what is computed does compile
+
+
+def test_the_chunked_loss_is_the_plain_loss_and_gradient(train, monkeypatch):
+    """LOSS_CHUNKS > 1 computes the training loss and its gradient in row groups (chunked_mean_loss's custom
+    VJP) without whole (B, T, V) logits. In float32: autodiff's numbers through LMHead, every parameter. In bf16
+    (the GPU's compute): as close to the float32 gradients as autodiff's bf16 ones (the scalars' gradients are
+    at rounding level in both)."""
+    config = train.tiny_config()
+    x, y = fixed_batch(config)
+    rng = np.random.default_rng(0)
+    weights = None
+
+    def value_and_grad(dtype, chunks):
+        nonlocal weights
+        model = train.GPT(config, dtype, "xla")
+        model.init_weights(jax.random.key(0))
+        weights = weights or {n: rng.normal(0, 0.05, w.shape).astype(np.float32) if n.endswith("c_proj.weight")
+                              else w for n, w in train.export_weights(model).items()}
+        train.import_weights(model, weights)
+        modeldef, params = train.split_model(model)
+        monkeypatch.setattr(train, "LOSS_CHUNKS", chunks)
+        loss, grads = jax.jit(jax.value_and_grad(lambda p: train.merge_model(modeldef, p).mean_loss(x, y)))(params)
+        return float(loss), {n: np.asarray(g, np.float64) for n, g in grads.items()}
+
+    plain, plain_grads = value_and_grad(jnp.float32, 1)
+    chunked, chunked_grads = value_and_grad(jnp.float32, 2)
+    assert chunked == pytest.approx(plain, rel=1e-6)
+    for name, g in plain_grads.items():
+        assert np.abs(chunked_grads[name] - g).max() <= 1e-6 * (np.abs(g).max() or 1.0), name
+    error = lambda grads, name: np.linalg.norm(grads[name] - plain_grads[name]) / np.linalg.norm(plain_grads[name])  # noqa: E731
+    bf16_plain, bf16_chunked = value_and_grad(jnp.bfloat16, 1)[1], value_and_grad(jnp.bfloat16, 2)[1]
+    for name in plain_grads:
+        assert error(bf16_chunked, name) <= 1.25 * error(bf16_plain, name) + 1e-3, name
