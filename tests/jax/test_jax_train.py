@@ -114,25 +114,25 @@ def test_smoke_run_prints_a_parseable_summary(prepared_env):
     assert compiled, "the training step is not in XLA's persistent compilation cache"
 
 
-def test_nan_loss_fails_fast(prepared_env, tmp_path):
+def run_edited(prepared_env, tmp_path, find, replace):
+    """The canvas with one edit, run under the smoke profile: the finished process."""
     source = TRAIN_PY.read_text()
-    assert "\nEMBEDDING_LR = 0.6 " in source
-    broken = tmp_path / "train.py"
-    broken.write_text(source.replace("\nEMBEDDING_LR = 0.6 ", "\nEMBEDDING_LR = float('nan') "))
-    out = subprocess.run([sys.executable, str(broken)], cwd=REPO, env=prepared_env, capture_output=True,
-                         text=True, timeout=300)
+    assert source.count(find) == 1, find
+    edited = tmp_path / "train.py"
+    edited.write_text(source.replace(find, replace))
+    return subprocess.run([sys.executable, str(edited)], cwd=REPO, env=prepared_env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_nan_loss_fails_fast(prepared_env, tmp_path):
+    out = run_edited(prepared_env, tmp_path, "\nEMBEDDING_LR = 0.6 ", "\nEMBEDDING_LR = float('nan') ")
     assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
     assert "FAIL: training loss is nan at step 1" in out.stdout
     assert "val_bpb" not in out.stdout
 
 
 def test_loss_chunks_that_do_not_divide_the_device_batch_are_refused(prepared_env, tmp_path):
-    source = TRAIN_PY.read_text()
-    assert "\nLOSS_CHUNKS = 1 " in source
-    edited = tmp_path / "train.py"
-    edited.write_text(source.replace("\nLOSS_CHUNKS = 1 ", "\nLOSS_CHUNKS = 7 "))
-    out = subprocess.run([sys.executable, str(edited)], cwd=REPO, env=prepared_env, capture_output=True,
-                         text=True, timeout=300)
+    out = run_edited(prepared_env, tmp_path, "\nLOSS_CHUNKS = 1 ", "\nLOSS_CHUNKS = 7 ")
     assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
     assert "FAIL: LOSS_CHUNKS 7 does not divide DEVICE_BATCH_SIZE" in out.stdout
 
