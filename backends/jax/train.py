@@ -179,6 +179,9 @@ def chunked_mean_loss(x, weight, targets, chunks):
 
 
 def loss_and_gradients(x, weight, targets, chunks):
+    """(mean loss, (dx, dW)) of LMHead over x, one row group at a time: each group's logits go through jax.vjp
+    of the norm and matmul, and the loss's gradient (softmax - one-hot, times the soft-cap's derivative) back."""
+
     def logits_of(xc, w):
         return (norm(xc) @ w.astype(xc.dtype).T).astype(jnp.float32)
 
