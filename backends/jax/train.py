@@ -597,6 +597,7 @@ def main(profile=None):
     # loads them instead of compiling (on an H200 the first step and the evaluation compile for ~15 s).
     jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "jax"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_compilation_cache_max_size", 4 * 2**30)  # then the least recently used go
     profile = profile or get_profile()
     gpu = on_gpu()
     depth = DEPTH or profile.depth
