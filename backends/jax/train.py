@@ -594,7 +594,7 @@ def main(profile=None):
     from common.tokenizer import Tokenizer
 
     # XLA's persistent compilation cache: a rerun, or an edit that leaves the compiled programs as they were,
-    # loads them instead of compiling (on an H200 the first step and the evaluation compile for ~15 s).
+    # loads them instead of compiling (on an H200 the first step and the evaluation compiled for ~19 s).
     jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "jax"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     jax.config.update("jax_compilation_cache_max_size", 4 * 2**30)  # then the least recently used go
