@@ -347,7 +347,6 @@ def lerp(start, end, weight):
 class MuonState(NamedTuple):
     momentum_buffer: jax.Array         # (N, rows, cols)
     second_momentum_buffer: jax.Array  # (N, rows, 1), or (N, 1, cols) for wide matrices
-    hyperparams: dict                  # lr, beta2, weight_decay: arrays, so that an edit of them compiles nothing
 
 
 def muon(lr, beta2, weight_decay, ortho_dtype=jnp.float32):
@@ -358,17 +357,14 @@ def muon(lr, beta2, weight_decay, ortho_dtype=jnp.float32):
         leaves = jax.tree.leaves(params)
         rows, cols = leaves[0].shape
         stat_shape = (len(leaves), rows, 1) if rows >= cols else (len(leaves), 1, cols)
-        hyperparams = {k: jnp.float32(v) for k, v in dict(lr=lr, beta2=beta2, weight_decay=weight_decay).items()}
-        return MuonState(jnp.zeros((len(leaves), rows, cols), jnp.float32), jnp.zeros(stat_shape, jnp.float32),
-                         hyperparams)
+        return MuonState(jnp.zeros((len(leaves), rows, cols), jnp.float32), jnp.zeros(stat_shape, jnp.float32))
 
     def update(grads, state, params, *, lr_mult, momentum, wd_mult, **_):
         leaves, treedef = jax.tree.flatten(grads)
         grads, params = jnp.stack(leaves), jnp.stack(jax.tree.leaves(params))
         rows, cols = grads.shape[-2:]
-        beta2 = state.hyperparams["beta2"]
-        step_lr = state.hyperparams["lr"] * lr_mult * max(1.0, rows / cols) ** 0.5
-        wd = state.hyperparams["weight_decay"] * wd_mult
+        step_lr = lr * lr_mult * max(1.0, rows / cols) ** 0.5
+        wd = weight_decay * wd_mult
         momentum_buf = lerp(state.momentum_buffer, grads, 1 - momentum)
         g = lerp(grads, momentum_buf, momentum)  # Nesterov
         g = polar_express(g, ortho_dtype)
@@ -383,26 +379,23 @@ def muon(lr, beta2, weight_decay, ortho_dtype=jnp.float32):
         g = g * (scale * norm_before / jnp.maximum(norm_after, 1e-10))
         # Cautious weight decay: decay only where the update and the weight agree in sign.
         delta = -(step_lr * g + step_lr * wd * params * ((g * params) >= 0))
-        return treedef.unflatten(list(delta)), MuonState(momentum_buf, second_buf, state.hyperparams)
+        return treedef.unflatten(list(delta)), MuonState(momentum_buf, second_buf)
 
     return optax.GradientTransformationExtraArgs(init, update)
 
 
 def scale_by_scheduled_lr(lr):
-    """Multiply updates by -lr * lr_mult, lr_mult given per step; lr is kept in the state (see adamw)."""
+    """Multiply updates by -lr * lr_mult, lr_mult given per step."""
 
     def update(updates, state, params=None, *, lr_mult, **_):
-        return jax.tree.map(lambda u: -state * lr_mult * u, updates), state
+        return jax.tree.map(lambda u: -lr * lr_mult * u, updates), state
 
-    return optax.GradientTransformationExtraArgs(lambda params: jnp.float32(lr), update)
+    return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update)
 
 
-def adamw(lr, betas, eps, weight_decay):
-    """The reference's adamw_update: bias-corrected Adam, decoupled weight decay, lr x schedule. Every
-    hyperparameter is an array in the optimizer state, not a constant of the compiled update, so an agent's
-    edit of one reuses the compiled programs (XLA's persistent cache, see main)."""
-    return optax.chain(optax.inject_hyperparams(optax.scale_by_adam)(b1=betas[0], b2=betas[1], eps=eps),
-                       optax.inject_hyperparams(optax.add_decayed_weights)(weight_decay=weight_decay),
+def adamw(lr, b1, b2, eps, weight_decay):
+    """The reference's adamw_update: bias-corrected Adam, decoupled weight decay, lr x schedule."""
+    return optax.chain(optax.scale_by_adam(b1, b2, eps=eps), optax.add_decayed_weights(weight_decay),
                        scale_by_scheduled_lr(lr))
 
 
@@ -468,19 +461,23 @@ def build_model(config, seed=SEED, gpu=None):
 
 def build_optimizer(params, matrix_lr=MATRIX_LR, embedding_lr=EMBEDDING_LR, unembedding_lr=UNEMBEDDING_LR,
                     scalar_lr=SCALAR_LR, weight_decay=WEIGHT_DECAY, adam_betas=ADAM_BETAS, ortho_dtype=jnp.float32):
-    """MuonAdamW over the flat parameter dict: the reference's groups, LRs and LR scaling."""
+    """MuonAdamW over the flat parameter dict: the reference's groups, LRs and LR scaling. Every number goes into
+    the optimizer state as an array (optax.inject_hyperparams), not into the compiled update, so an agent's edit
+    of one reuses the compiled programs (XLA's persistent cache, see main)."""
     scale = (params["wte.weight"].shape[1] / 768) ** -0.5  # AdamW LRs were tuned at model_dim 768
-    adam = dict(betas=adam_betas, eps=1e-10, weight_decay=0.0)
+    adam = dict(b1=adam_betas[0], b2=adam_betas[1], eps=1e-10, weight_decay=0.0)
+    adamw_ = optax.inject_hyperparams(adamw)
     groups = {
-        "lm_head": adamw(unembedding_lr * scale, **adam),
-        "wte": adamw(embedding_lr * scale, **adam),
-        "value_embeds": adamw(embedding_lr * scale, **adam),
-        "resid_lambdas": adamw(scalar_lr * 0.01, **adam),
-        "x0_lambdas": adamw(scalar_lr, **dict(adam, betas=(0.96, 0.95))),
+        "lm_head": adamw_(lr=unembedding_lr * scale, **adam),
+        "wte": adamw_(lr=embedding_lr * scale, **adam),
+        "value_embeds": adamw_(lr=embedding_lr * scale, **adam),
+        "resid_lambdas": adamw_(lr=scalar_lr * 0.01, **adam),
+        "x0_lambdas": adamw_(lr=scalar_lr, **dict(adam, b1=0.96, b2=0.95)),
     }
+    muon_ = optax.inject_hyperparams(muon, static_args=("ortho_dtype",))
     labels = {name: param_group(name, p.shape) for name, p in params.items()}
     for label in sorted(set(labels.values()) - set(groups)):
-        groups[label] = muon(matrix_lr, beta2=0.95, weight_decay=weight_decay, ortho_dtype=ortho_dtype)
+        groups[label] = muon_(lr=matrix_lr, beta2=0.95, weight_decay=weight_decay, ortho_dtype=ortho_dtype)
     return optax.partition(groups, labels)
 
 
