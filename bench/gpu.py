@@ -17,7 +17,6 @@ trainer must have main(profile=None) and print the common summary block and, bef
 
 import argparse
 import datetime
-import importlib.metadata
 import importlib.util
 import os
 import re
@@ -28,6 +27,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 
 def child(backend, profile_name, budget):
@@ -72,15 +72,6 @@ def run_once(args, index):
                 val_bpb=s["val_bpb"])
 
 
-def gpu_name():
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=10).stdout.strip()
-        return out.splitlines()[0] if out else "no NVIDIA GPU"
-    except (OSError, subprocess.TimeoutExpired):
-        return "no NVIDIA GPU"
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backend", default="cuda", choices=["cuda", "jax"])
@@ -94,15 +85,14 @@ def main():
     if args.child:
         return child(args.backend, args.profile, args.budget)
 
+    from anchor import machine  # the card, its driver and the frameworks' versions
     from common.errors import run_cli
     from common.prepare import prepare
     run_cli(prepare, os.environ.get("AUTORESEARCH_DATA"), if_needed=True)  # as `make run`: a no-op once prepared
     rows = [run_once(args, i + 1) for i in range(args.repeat)]
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    versions = ", ".join(f"{p} {importlib.metadata.version(p)}" for p in ("torch", "jax")
-                         if importlib.util.find_spec(p))
     print(f"\n{args.backend} backend | profile {args.profile} | budget {args.budget or 'profile'} s | "
-          f"{gpu_name()} (name, driver) | {versions} | {date}")
+          f"{machine()} | {date}")
     header = (f"{'run':>3} {'steps':>6} {'train s':>8} {'tokens M':>9} {'tokens/s':>11} {'MFU %':>6} {'peak GB':>8} "
               f"{'start-up s':>10} {'eval s':>7} {'total - training s':>18} {'val_bpb':>9}")
     print(header)
