@@ -119,6 +119,11 @@ VARIANTS["jax-scalars-from-upstream-init"] = Variant(
 VARIANTS["jax-loss-chunks-8"] = Variant(
     "jax with LOSS_CHUNKS = 8: the loss and its gradient in 8 row groups of each micro-batch (less memory)",
     backend="jax", edits=(("\nLOSS_CHUNKS = 1 ", "\nLOSS_CHUNKS = 8 "),))
+# Issue 11: the half-context windows in FlexAttention, as before HalfWindowAttention (the same math, slower).
+VARIANTS["flex-windows"] = Variant(
+    "FlexAttention for the half-context windows too (before the cuDNN halves of HalfWindowAttention)",
+    edits=(("    if q.is_cuda and 2 * window == T and q.dtype == torch.bfloat16", "    if False and q.is_cuda"),))
+
 
 def apply(variant, text):
     """The canvas text with the variant's edits; a ValueError names an edit that does not apply once."""

@@ -38,6 +38,7 @@ def child(backend, profile_name, budget):
     os.environ.update(AUTORESEARCH_PROFILE=profile.name, AUTORESEARCH_BUDGET=f"{profile.time_budget:g}")
     spec = importlib.util.spec_from_file_location(f"{backend}_train", REPO / "backends" / backend / "train.py")
     train = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = train  # torch.compile finds the canvas's autograd.Functions by module name
     spec.loader.exec_module(train)
     run_cli(train.main, profile)
 

@@ -1,0 +1,97 @@
+"""The cuda canvas's attention paths, forward + backward, one h100-profile layer call each, on a GPU.
+
+    python bench/attention_gpu.py [--batch 128] [--heads 4] [--seq 2048] [--head-dim 128] [--reps 20]
+
+Times (CUDA events, median of --reps after 3 warm-ups, compiled as in training) and checks against float64
+dense attention (on the first 2 sequences):
+- full causal: SDPA (cuDNN), the 'L' layers;
+- half window, flex: FlexAttention with the tile-built block mask (the canvas before issue 11);
+- half window, cuDNN halves: HalfWindowAttention, what the canvas runs for the 'S' layers now.
+TFLOP/s counts the work inside the mask: 4 FLOPs forward and 10 backward per query-key pair, head and head
+dimension.
+"""
+
+import argparse
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def load_canvas():
+    spec = importlib.util.spec_from_file_location("cuda_train", REPO / "backends" / "cuda" / "train.py")
+    train = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = train  # torch.compile finds the canvas's autograd.Functions by module name
+    spec.loader.exec_module(train)
+    return train
+
+
+def dense(q, k, v, window):
+    q, k, v = q.double(), k.double(), v.double()
+    i = torch.arange(q.size(2), device=q.device)
+    dist = i[:, None] - i[None, :]
+    scores = (q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))).masked_fill(~((dist >= 0) & (dist <= window)), -math.inf)
+    return torch.softmax(scores, dim=-1) @ v
+
+
+def time_ms(fn, reps):
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--seq", type=int, default=2048)
+    parser.add_argument("--head-dim", type=int, default=128)
+    parser.add_argument("--reps", type=int, default=20)
+    args = parser.parse_args()
+    train = load_canvas()
+    from torch.nn.attention.flex_attention import flex_attention
+    B, H, T, D, w = args.batch, args.heads, args.seq, args.head_dim, args.seq // 2
+    dev = torch.device("cuda")
+    print(f"{torch.cuda.get_device_name()} | torch {torch.__version__} | B {B}, H {H}, T {T}, hd {D}, bf16")
+    # The model's layout: (B, T, H, D) tensors seen as (B, H, T, D).
+    q, k, v = [torch.randn(B, T, H, D, device=dev, dtype=torch.bfloat16).transpose(1, 2).requires_grad_()
+               for _ in range(3)]
+    grad = torch.randn(B, H, T, D, device=dev, dtype=torch.bfloat16)
+    mask = train.sliding_block_mask(T, w, dev)
+    paths = {
+        "full causal, SDPA (cuDNN)": (T, torch.compile(lambda q, k, v: train.attention(q, k, v, T))),
+        "half window, flex": (w, torch.compile(lambda q, k, v: flex_attention(q, k, v, block_mask=mask))),
+        "half window, cuDNN halves": (w, torch.compile(lambda q, k, v: train.attention(q, k, v, w))),
+    }
+    small = [t.detach()[:2].requires_grad_() for t in (q, k, v)]
+    for name, (window, fn) in paths.items():
+        pairs = sum(min(i, window) + 1 for i in range(T))
+        flops = 14 * pairs * D * B * H
+        fwd = time_ms(lambda: fn(q, k, v), args.reps)
+        both = time_ms(lambda: torch.autograd.grad(fn(q, k, v), (q, k, v), grad), args.reps)
+        out = fn(*small)
+        grads = torch.autograd.grad(out, small, grad[:2])
+        ref_in = [t.detach().double().requires_grad_() for t in small]
+        ref = dense(*ref_in, window)
+        ref_grads = torch.autograd.grad(ref, ref_in, grad[:2].double())
+        errs = [((a.double() - b).norm() / b.norm()).item() for a, b in zip((out, *grads), (ref, *ref_grads))]
+        print(f"{name:28s} fwd {fwd:6.2f} ms | bwd {both - fwd:6.2f} ms | fwd+bwd {both:6.2f} ms "
+              f"{flops / both / 1e9:6.0f} TFLOP/s | rel err out {errs[0]:.1e}, dq {errs[1]:.1e}, dk {errs[2]:.1e}, "
+              f"dv {errs[3]:.1e}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
