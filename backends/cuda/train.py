@@ -1,12 +1,11 @@
 """The reference trainer (BACKEND=cuda): a small GPT trained for a fixed wall-clock budget, then scored in
 validation bits per byte. One file, read top to bottom: model, optimizer, hyperparameters, training loop.
 
-Runs on an NVIDIA GPU (bf16 autocast, torch.compile per block, cuDNN attention for half-context windows and
-FlexAttention for other sliding windows, Polar Express in bf16) and on a CPU or Apple GPU (float32 throughout,
-SDPA with an explicit mask: the same numbers; compiled on a CPU only for budgets of a minute or more).
-Importing this file does no work; main() runs under __main__, so tests and the parity harness can build the
-model (build_model, tiny_config) and take single steps (build_optimizer, train_step), exchanging weights
-through export_weights / import_weights.
+Runs on an NVIDIA GPU (bf16 autocast, torch.compile per block, FlexAttention for sliding windows, Polar Express
+in bf16) and on a CPU or Apple GPU (float32 throughout, SDPA with an explicit mask: the same numbers; compiled
+on a CPU only for budgets of a minute or more). Importing this file does no work; main() runs under __main__,
+so tests and the parity harness can build the model (build_model, tiny_config) and take single steps
+(build_optimizer, train_step), exchanging weights through export_weights / import_weights.
 
 Parameter names (model.state_dict() keys) are the exchange format between backends. L = n_layer,
 D = n_embd, H = n_head, V = vocab_size, VE = the layers with value embeddings (i % 2 == (L - 1) % 2: every
@@ -125,79 +124,11 @@ def sliding_block_mask(T, window, device, block=128):
     return _block_masks[key]
 
 
-def causal_attention_lse(q, k, v):
-    """Causal attention over (B, H, T, hd) and its log-sum-exp, (B, H, T, 1) float32 (cuDNN's kernel on CUDA)."""
-    if q.is_cuda:
-        return torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, True, is_causal=True)[:2]
-    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, is_causal=True)
-    return out, lse.unsqueeze(-1)
-
-
-def causal_attention_grads(dout, q, k, v, out, lse):
-    """dq, dk, dv of causal attention. Given the out and lse of a larger attention that this one is a part of
-    (the same queries over more keys), they are that part's share of its gradients: the backward needs only
-    the probabilities exp(s - lse) and rowsum(dout * out) of each query, the larger attention's."""
-    if q.is_cuda:
-        unused = torch.empty((), dtype=torch.long, device=q.device)  # dropout's RNG state
-        return torch.ops.aten._scaled_dot_product_cudnn_attention_backward(  # dout and out in one layout
-            dout.contiguous(), q, k, v, out.contiguous(), lse.contiguous(), unused, unused, None, None, None,
-            q.size(2), k.size(2), 0.0, True)
-    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-        dout, q, k, v, out, lse.squeeze(-1), 0.0, True)
-
-
-def halves(x):
-    """(B, H, T, ...) -> (2B, H, T/2, ...): each sequence's two halves as two sequences (a view for q, k, v)."""
-    return x.unflatten(2, (2, x.size(2) // 2)).transpose(1, 2).flatten(0, 1)
-
-
-def unhalves(x):
-    return x.unflatten(0, (-1, 2)).transpose(1, 2).flatten(2, 3)
-
-
-class HalfWindowAttention(torch.autograd.Function):
-    """Causal attention over (B, H, T, hd) with a window of T/2 (query i sees keys i - T/2 .. i) as causal
-    attention over halves, merged by log-sum-exp: each half of the queries over its own half of the keys, and
-    the second half's queries over the first half's keys j >= i - T/2, which is causal too once both are
-    reversed. Nothing outside the band is computed. On CUDA the three run in cuDNN's kernels, whose backward
-    does about twice FlexAttention's FLOPs per second (docs/notes/cuda.md)."""
-
-    @staticmethod
-    def forward(ctx, q, k, v):
-        w = q.size(2) // 2
-        out, lse = causal_attention_lse(halves(q), halves(k), halves(v))
-        out, lse = unhalves(out), unhalves(lse)
-        cross, cross_lse = causal_attention_lse(q[:, :, w:].flip(2), k[:, :, :w].flip(2), v[:, :, :w].flip(2))
-        cross, cross_lse = cross.flip(2), cross_lse.flip(2)
-        lse2 = torch.logaddexp(lse[:, :, w:], cross_lse)
-        out2 = out[:, :, w:].float() * torch.exp(lse[:, :, w:] - lse2) + cross.float() * torch.exp(cross_lse - lse2)
-        out = torch.cat([out[:, :, :w], out2.to(q.dtype)], dim=2)
-        lse = torch.cat([lse[:, :, :w], lse2], dim=2)
-        ctx.save_for_backward(q, k, v, out, lse)
-        return out
-
-    @staticmethod
-    def backward(ctx, dout):
-        q, k, v, out, lse = ctx.saved_tensors
-        w = q.size(2) // 2
-        dq, dk, dv = (unhalves(g) for g in causal_attention_grads(
-            halves(dout), halves(q), halves(k), halves(v), halves(out), halves(lse)))
-        dq2, dk1, dv1 = (g.flip(2) for g in causal_attention_grads(
-            dout[:, :, w:].flip(2), q[:, :, w:].flip(2), k[:, :, :w].flip(2), v[:, :, :w].flip(2),
-            out[:, :, w:].flip(2), lse[:, :, w:].flip(2)))
-        dq = torch.cat([dq[:, :, :w], (dq[:, :, w:].float() + dq2.float()).to(q.dtype)], dim=2)
-        dk = torch.cat([(dk[:, :, :w].float() + dk1.float()).to(k.dtype), dk[:, :, w:]], dim=2)
-        dv = torch.cat([(dv[:, :, :w].float() + dv1.float()).to(v.dtype), dv[:, :, w:]], dim=2)
-        return dq, dk, dv
-
-
 def attention(q, k, v, window):
     """Causal attention over (B, H, T, hd), limited to `window` keys back."""
     T = q.size(2)
     if window >= T:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    if q.is_cuda and 2 * window == T and q.dtype == torch.bfloat16 and q.size(-1) <= 128:  # cuDNN's limits
-        return HalfWindowAttention.apply(q, k, v)
     if q.is_cuda and T % 128 == 0:
         from torch.nn.attention.flex_attention import flex_attention
         return flex_attention(q, k, v, block_mask=sliding_block_mask(T, window, q.device))
