@@ -115,14 +115,10 @@ VARIANTS["jax-scalars-from-upstream-init"] = Variant(
     edits=JAX_UPSTREAM_SCALARS)
 
 
-# Issue 11: jax's training loss in row groups (chunked_mean_loss), without whole (B, T, V) float32 logits.
-VARIANTS["jax-loss-chunks-8"] = Variant(
-    "jax with LOSS_CHUNKS = 8: the loss and its gradient in 8 row groups of each micro-batch (less memory)",
-    backend="jax", edits=(("\nLOSS_CHUNKS = 1 ", "\nLOSS_CHUNKS = 8 "),))
-# Issue 11: the half-context windows in FlexAttention, as before HalfWindowAttention (the same math, slower).
-VARIANTS["flex-windows"] = Variant(
-    "FlexAttention for the half-context windows too (before the cuDNN halves of HalfWindowAttention)",
-    edits=(("    if q.is_cuda and 2 * window == T and q.dtype == torch.bfloat16", "    if False and q.is_cuda"),))
+# Issue 11: jax's plain loss head, whole (B, T, V) float32 logits (the default before LOSS_CHUNKS = 8).
+VARIANTS["jax-plain-head"] = Variant(
+    "jax with LOSS_CHUNKS = 1: the loss and its gradient over whole (B, T, V) logits (the default chunks in 8)",
+    backend="jax", edits=(("\nLOSS_CHUNKS = 8 ", "\nLOSS_CHUNKS = 1 "),))
 
 
 def apply(variant, text):

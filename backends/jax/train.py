@@ -274,9 +274,11 @@ class GPT(nnx.Module):
         return self.lm_head(self.hidden_states(idx)[-1], targets)
 
     def mean_loss(self, idx, targets):
-        """The mean per-token loss, which training minimises; in LOSS_CHUNKS row groups when that is above 1."""
-        if LOSS_CHUNKS > 1:
-            return chunked_mean_loss(self.hidden_states(idx)[-1], self.lm_head.weight[...], targets, LOSS_CHUNKS)
+        """The mean per-token loss, which training minimises, in row groups: the most, up to LOSS_CHUNKS, that
+        divide the batch (any count gives the same loss and gradients)."""
+        chunks = math.gcd(LOSS_CHUNKS, idx.shape[0])
+        if chunks > 1:
+            return chunked_mean_loss(self.hidden_states(idx)[-1], self.lm_head.weight[...], targets, chunks)
         return self(idx, targets).mean()
 
     def flops_per_token(self):
@@ -417,7 +419,7 @@ WINDOW_PATTERN = "SSSL"    # per-layer attention window: L = full context, S = h
 # Batch
 TOTAL_BATCH_SIZE = None    # tokens per optimizer step (profile: h100 2**19)
 DEVICE_BATCH_SIZE = None   # sequences per forward/backward; lower it if memory runs out (profile: h100 128)
-LOSS_CHUNKS = 1            # > 1: the training loss in that many row groups, without whole (B, T, V) float32 logits
+LOSS_CHUNKS = 8            # the training loss in up to this many row groups per micro-batch (1: whole (B, T, V) logits)
 
 # Optimization
 MATRIX_LR = 0.04           # Muon, block matrices
@@ -605,8 +607,6 @@ def main(profile=None):
         fail(f"TOTAL_BATCH_SIZE {total_batch} is not a multiple of DEVICE_BATCH_SIZE x sequence length "
              f"({device_batch} x {seq_len}); change one of them.")
     accum_steps = total_batch // (device_batch * seq_len)
-    if device_batch % LOSS_CHUNKS:
-        fail(f"LOSS_CHUNKS {LOSS_CHUNKS} does not divide DEVICE_BATCH_SIZE {device_batch}; change one of them.")
 
     tokenizer = Tokenizer.load()
     config = model_config(depth, seq_len, tokenizer.vocab_size)

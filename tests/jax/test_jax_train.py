@@ -131,12 +131,6 @@ def test_nan_loss_fails_fast(prepared_env, tmp_path):
     assert "val_bpb" not in out.stdout
 
 
-def test_loss_chunks_that_do_not_divide_the_device_batch_are_refused(prepared_env, tmp_path):
-    out = run_edited(prepared_env, tmp_path, "\nLOSS_CHUNKS = 1 ", "\nLOSS_CHUNKS = 7 ")
-    assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "FAIL: LOSS_CHUNKS 7 does not divide DEVICE_BATCH_SIZE" in out.stdout
-
-
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_norm_eps_is_float32s_machine_epsilon_as_the_reference(train, reference, dtype):
     """The reference's F.rms_norm computes in float32 with float32's epsilon for float32 and bf16 inputs; on
@@ -215,10 +209,11 @@ def test_the_chunked_loss_is_the_plain_loss_and_gradient(train, monkeypatch):
         return float(loss), {n: np.asarray(g, np.float64) for n, g in grads.items()}
 
     plain, plain_grads = value_and_grad(jnp.float32, 1)
-    chunked, chunked_grads = value_and_grad(jnp.float32, 2)
-    assert chunked == pytest.approx(plain, rel=1e-6)
-    for name, g in plain_grads.items():
-        assert np.abs(chunked_grads[name] - g).max() <= 1e-6 * (np.abs(g).max() or 1.0), name
+    for chunks in (2, 8):  # 8 does not divide the batch of 4: it runs in 4 groups
+        chunked, chunked_grads = value_and_grad(jnp.float32, chunks)
+        assert chunked == pytest.approx(plain, rel=1e-6)
+        for name, g in plain_grads.items():
+            assert np.abs(chunked_grads[name] - g).max() <= 1e-6 * (np.abs(g).max() or 1.0), name
     error = lambda grads, name: np.linalg.norm(grads[name] - plain_grads[name]) / np.linalg.norm(plain_grads[name])  # noqa: E731
     bf16_plain, bf16_chunked = value_and_grad(jnp.bfloat16, 1)[1], value_and_grad(jnp.bfloat16, 2)[1]
     for name in plain_grads:
