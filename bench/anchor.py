@@ -201,7 +201,7 @@ def load_canvas(path, backend="cuda"):
     """A backend's train.py (or a variant's copy of it) as a module named <backend>_train."""
     spec = importlib.util.spec_from_file_location(f"{backend}_train", path)
     train = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = train  # torch.compile finds the canvas's autograd.Functions by module name
+    sys.modules[spec.name] = train  # torch.compile imports what it traces (an autograd.Function, say) by module name
     spec.loader.exec_module(train)
     return train
 

@@ -13,7 +13,6 @@ dimension.
 """
 
 import argparse
-import importlib.util
 import math
 import sys
 from pathlib import Path
@@ -22,14 +21,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
-
-def load_canvas():
-    spec = importlib.util.spec_from_file_location("cuda_train", REPO / "backends" / "cuda" / "train.py")
-    train = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = train  # torch.compile finds the canvas's autograd.Functions by module name
-    spec.loader.exec_module(train)
-    return train
+from anchor import load_canvas  # noqa: E402
 
 
 def dense(q, k, v, window):
@@ -62,7 +56,7 @@ def main():
     parser.add_argument("--head-dim", type=int, default=128)
     parser.add_argument("--reps", type=int, default=20)
     args = parser.parse_args()
-    train = load_canvas()
+    train = load_canvas(REPO / "backends" / "cuda" / "train.py")
     B, H, T, D, w = args.batch, args.heads, args.seq, args.head_dim, args.seq // 2
     dev = torch.device("cuda")
     print(f"{torch.cuda.get_device_name()} | torch {torch.__version__} | B {B}, H {H}, T {T}, hd {D}, bf16")

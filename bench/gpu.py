@@ -17,7 +17,6 @@ trainer must have main(profile=None) and print the common summary block and, bef
 
 import argparse
 import datetime
-import importlib.util
 import os
 import re
 import subprocess
@@ -36,11 +35,8 @@ def child(backend, profile_name, budget):
     profile = get_profile(profile_name, budget or None)    # the budget goes into the name: h100@60s
     # The loader's budget guard reads the profile from the environment, as the agent fixes it for a run.
     os.environ.update(AUTORESEARCH_PROFILE=profile.name, AUTORESEARCH_BUDGET=f"{profile.time_budget:g}")
-    spec = importlib.util.spec_from_file_location(f"{backend}_train", REPO / "backends" / backend / "train.py")
-    train = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = train  # torch.compile finds the canvas's autograd.Functions by module name
-    spec.loader.exec_module(train)
-    run_cli(train.main, profile)
+    from anchor import load_canvas
+    run_cli(load_canvas(REPO / "backends" / backend / "train.py", backend).main, profile)
 
 
 def run_once(args, index):

@@ -17,17 +17,17 @@ same table is made of the CPU operators' self time (all threads), so idle is the
 import argparse
 import datetime
 import gc
-import importlib.util
 import json
 import os
 import statistics
 import sys
 import time
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 # A kernel's (on a CPU: an operator's) category is the first one with a fragment in its name, case ignored.
 # Attention comes before matmul: cuDNN's attention kernels have "wgmma" in their names too. triton_tem_fused:
@@ -50,14 +50,6 @@ def category(name):
         if any(f in lower for f in fragments):
             return cat
     return OTHER
-
-
-def load_canvas(path):
-    spec = importlib.util.spec_from_file_location("cuda_train", path)
-    canvas = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = canvas  # torch.compile finds the canvas's autograd.Functions by module name
-    spec.loader.exec_module(canvas)
-    return canvas
 
 
 def timed(fn, n, on_gpu):
@@ -132,6 +124,7 @@ def main():
     from rich.table import Table
     from torch.profiler import ProfilerActivity, profile
 
+    from anchor import load_canvas
     from common.platform import get_profile, peak_flops
 
     canvas = load_canvas(args.canvas)
@@ -161,7 +154,7 @@ def main():
         inductor_config.cpp.vec_isa_ok = False  # as main(): no CPU kernels to vectorise, skip the ISA probes
     device_name = torch.cuda.get_device_name() if on_gpu else "cpu"
     peak = peak_flops(device_name, prof_cfg)
-    config_dict = asdict(config) if is_dataclass(config) else dict(vars(config))
+    config_dict = asdict(config)
     print(f"profile {prof_cfg.name} | device {device_name} | torch {torch.__version__} | compile {not args.no_compile}")
     print(f"model {config_dict} | {num_params / 1e6:.1f}M params | {flops_per_token:.3e} FLOPs/token")
     print(f"batch {device_batch} x {seq_len} x {accum_steps} accumulation = {total_batch} tokens/step")
