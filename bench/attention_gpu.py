@@ -1,6 +1,7 @@
 """The cuda canvas's attention paths, forward + backward, one h100-profile layer call each, on a GPU.
 
     python bench/attention_gpu.py [--batch 128] [--heads 4] [--seq 2048] [--head-dim 128] [--reps 20]
+    python bench/attention_gpu.py --tune [--shard 0/2]      # FlexAttention's kernel options, one by one
 
 Times (CUDA events, median of --reps after 3 warm-ups, compiled as in training) and checks against float64
 dense attention (on the first 2 sequences):
@@ -8,6 +9,9 @@ dense attention (on the first 2 sequences):
 - half window, flex: FlexAttention with the tile-built block mask, the 'S' layers.
 (Commit 6d4e4b2 also timed HalfWindowAttention, the window as three causal cuDNN calls merged by log-sum-exp:
 docs/notes/cuda.md has why it left the canvas.)
+--tune times the windowed flex call under each entry of TUNE (Triton tile sizes, pipeline stages and warps for
+the forward and the backward, and two flags that keep the numerics), each compiled on its own; --shard i/n
+takes every n-th entry, so two GPUs can split the list. "default" is what torch picks by itself.
 TFLOP/s counts the work inside the mask: 4 FLOPs forward and 10 backward per query-key pair, head and head
 dimension.
 """
@@ -48,6 +52,63 @@ def time_ms(fn, reps):
     return sorted(times)[len(times) // 2]
 
 
+def fwd(block_m, block_n, stages, warps):
+    return dict(fwd_BLOCK_M=block_m, fwd_BLOCK_N=block_n, fwd_num_stages=stages, fwd_num_warps=warps)
+
+
+def bwd(m1, n1, m2, n2, stages, warps):
+    return dict(bwd_BLOCK_M1=m1, bwd_BLOCK_N1=n1, bwd_BLOCK_M2=m2, bwd_BLOCK_N2=n2, bwd_num_stages=stages,
+                bwd_num_warps=warps)
+
+
+# torch's own sm90 choice for bf16, head dim 128 (torch/_inductor/template_heuristics/triton.py):
+# forward (128, 64, 3 stages, 8 warps), backward (64, 128, 128, 64, 3 stages, 8 warps). Each entry pairs a forward
+# and a backward candidate; the two are timed apart (forward alone, then forward + backward).
+TUNE = [
+    {},
+    dict(ROWS_GUARANTEED_SAFE=True),  # every query sees at least its own key, so no row is fully masked
+    dict(USE_TMA=True),
+    {**fwd(128, 128, 3, 8), **bwd(64, 128, 128, 64, 3, 4)},
+    {**fwd(128, 128, 2, 8), **bwd(64, 128, 128, 64, 2, 8)},
+    {**fwd(128, 64, 3, 4), **bwd(64, 64, 64, 64, 3, 4)},
+    {**fwd(64, 128, 3, 4), **bwd(32, 128, 128, 32, 3, 4)},
+    {**fwd(128, 64, 4, 8), **bwd(64, 64, 64, 64, 4, 4)},
+    {**fwd(64, 64, 3, 4), **bwd(32, 64, 64, 32, 3, 4)},
+    {**fwd(128, 128, 1, 8), **bwd(128, 128, 128, 128, 1, 8)},
+    {**fwd(128, 64, 2, 8), **bwd(64, 128, 128, 64, 4, 8)},
+    {**fwd(64, 128, 3, 8), **bwd(32, 128, 128, 32, 4, 8)},
+]
+
+
+def tune(train, q, k, v, grad, window, reps, shard):
+    """Each TUNE entry (every shard[1]-th from shard[0]) compiled alone and timed; failures are printed and skipped."""
+    from torch.nn.attention.flex_attention import flex_attention
+    index, count = shard
+    T = q.size(2)
+    mask = train.sliding_block_mask(T, window, q.device)
+    small = [t.detach()[:2].requires_grad_() for t in (q, k, v)]
+    ref_in = [t.detach().double().requires_grad_() for t in small]
+    ref = dense(*ref_in, window)
+    ref_grads = torch.autograd.grad(ref, ref_in, grad[:2].double())
+    for n, options in enumerate(TUNE):
+        if n % count != index:
+            continue
+        torch._dynamo.reset()
+        fn = torch.compile(lambda q, k, v: flex_attention(q, k, v, block_mask=mask, kernel_options=dict(options)))
+        try:
+            f = time_ms(lambda: fn(q, k, v), reps)
+            both = time_ms(lambda: torch.autograd.grad(fn(q, k, v), (q, k, v), grad), reps)
+            out = fn(*small)
+            grads = torch.autograd.grad(out, small, grad[:2])
+        except Exception as e:  # a tile too large for shared memory fails to compile or launch
+            print(f"tune {n:2d} FAILED {type(e).__name__}: {str(e).splitlines()[0][:150]} | {options or 'default'}",
+                  flush=True)
+            continue
+        err = max(((a.double() - b).norm() / b.norm()).item() for a, b in zip((out, *grads), (ref, *ref_grads)))
+        print(f"tune {n:2d} fwd {f:6.3f} ms | bwd {both - f:6.3f} ms | both {both:6.3f} ms | max rel err {err:.1e} "
+              f"| {options or 'default'}", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=128)
@@ -55,6 +116,8 @@ def main():
     parser.add_argument("--seq", type=int, default=2048)
     parser.add_argument("--head-dim", type=int, default=128)
     parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--tune", action="store_true", help="time the windowed flex call under each TUNE entry")
+    parser.add_argument("--shard", default="0/1", help="i/n: with --tune, every n-th entry from the i-th")
     args = parser.parse_args()
     train = load_canvas(REPO / "backends" / "cuda" / "train.py")
     B, H, T, D, w = args.batch, args.heads, args.seq, args.head_dim, args.seq // 2
@@ -65,6 +128,8 @@ def main():
                for _ in range(3)]
     grad = torch.randn(B, H, T, D, device=dev, dtype=torch.bfloat16)
     train.sliding_block_mask(T, w, dev)  # built before torch.compile traces attention, as build_model does
+    if args.tune:
+        return tune(train, q, k, v, grad, w, args.reps, tuple(int(x) for x in args.shard.split("/")))
     paths = {
         "full causal, SDPA (cuDNN)": (T, torch.compile(lambda q, k, v: train.attention(q, k, v, T))),
         "half window, flex": (w, torch.compile(lambda q, k, v: train.attention(q, k, v, w))),
