@@ -5,9 +5,10 @@
 
 Builds the model and optimizer as backends/cuda/train.py's main() does (the canvas's DEPTH / DEVICE_BATCH_SIZE /
 TOTAL_BATCH_SIZE, else the profile's; compiled unless --no-compile), feeds it random token ids (no tokenizer, no
-data), runs --warmup steps (the first compiles), then times --steps steps back to back, as the trainer queues
-them: median ms per step, tokens/s and MFU. Then it profiles --profiled-steps more steps and sorts the GPU
-kernels' time per step into the CATEGORIES below by kernel name, with the top kernels by time.
+data; --real-tokens: the prepared data's validation rows), runs --warmup steps (the first compiles), then times
+--steps steps back to back, as the trainer queues them: median ms per step, tokens/s and MFU. Then it profiles
+--profiled-steps more steps and sorts the GPU kernels' time per step into the CATEGORIES below by kernel name,
+with the top kernels by time.
 
 busy = the kernels' summed time per step (kernels on concurrent streams would count twice; this trainer uses
 one); idle = the timed step (without the profiler) - busy: the time the GPU waits on the CPU. Without CUDA the
@@ -115,6 +116,9 @@ def main():
     parser.add_argument("--profiled-steps", type=int, default=2, help="steps under torch.profiler")
     parser.add_argument("--top", type=int, default=15, help="how many kernels to list")
     parser.add_argument("--no-compile", action="store_true", help="skip canvas.compile_model")
+    parser.add_argument("--real-tokens", action="store_true",
+                        help="feed the validation rows of the prepared data (common.evaluate.eval_rows) instead of "
+                             "random ids: real text's skewed token counts make the embeddings' backward different")
     parser.add_argument("--json", help="write the numbers here")
     args = parser.parse_args()
 
@@ -159,9 +163,14 @@ def main():
     print(f"model {config_dict} | {num_params / 1e6:.1f}M params | {flops_per_token:.3e} FLOPs/token")
     print(f"batch {device_batch} x {seq_len} x {accum_steps} accumulation = {total_batch} tokens/step")
 
-    batches = [(torch.randint(args.vocab, (device_batch, seq_len), dtype=torch.int64, device=device),
-                torch.randint(args.vocab, (device_batch, seq_len), dtype=torch.int64, device=device))
-               for _ in range(accum_steps)]
+    if args.real_tokens:
+        from common.evaluate import eval_rows
+        rows = torch.from_numpy(eval_rows(prof_cfg)[:accum_steps * device_batch].astype("int64")).to(device)
+        batches = [(r[:, :-1].contiguous(), r[:, 1:].contiguous()) for r in rows.split(device_batch)]
+    else:
+        batches = [(torch.randint(args.vocab, (device_batch, seq_len), dtype=torch.int64, device=device),
+                    torch.randint(args.vocab, (device_batch, seq_len), dtype=torch.int64, device=device))
+                   for _ in range(accum_steps)]
     total_steps = args.warmup + args.steps + args.profiled_steps
     step = 0
 
