@@ -21,7 +21,6 @@ import threading
 import time
 from bisect import bisect_right, insort
 from collections import deque
-from itertools import chain
 
 import numpy as np
 
@@ -33,13 +32,6 @@ from common.tokenizer import Tokenizer
 
 TOKENIZE_BATCH = 128      # documents per tokenizer call, as upstream
 BUFFER_SIZE = 1000        # documents kept to choose from
-
-
-def to_arrays(token_lists):
-    """Token lists -> int32 numpy arrays (one flat conversion, then views)."""
-    lengths = [len(t) for t in token_lists]
-    flat = np.fromiter(chain.from_iterable(token_lists), dtype=np.int32, count=sum(lengths))
-    return np.split(flat, np.cumsum(lengths)[:-1])
 
 
 def document_batches(source, tokenizer, split, seed=None):
@@ -66,7 +58,7 @@ def document_batches(source, tokenizer, split, seed=None):
             texts = read_unit(*units[u])
             documents += len(texts)
             for i in range(0, len(texts), TOKENIZE_BATCH):
-                batch = to_arrays(tokenizer.encode_batch(texts[i:i + TOKENIZE_BATCH]))
+                batch = tokenizer.encode_arrays(texts[i:i + TOKENIZE_BATCH])
                 if replay is not None:
                     replay.append(batch)
                 yield batch, epoch

@@ -7,6 +7,7 @@ Saved per data source in <workdir>/tokenizer/: tokenizer.pkl (a tiktoken Encodin
 import hashlib
 import pickle
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -105,6 +106,19 @@ class Tokenizer:
         """Token lists for many documents, each starting with BOS."""
         bos = self.bos_token_id
         return [[bos] + ids for ids in self.enc.encode_ordinary_batch(texts, num_threads=num_threads)]
+
+    def encode_arrays(self, texts, num_threads=8):
+        """encode_batch's tokens as int32 numpy arrays, for the loader. tiktoken's encode_to_numpy writes each
+        encoding into a buffer, where encode_batch makes a Python int per token and the loader then copied them
+        into arrays: make_loader ran 16 % faster on 2 cores (docs/notes/common.md). With no special tokens
+        allowed it encodes as encode_ordinary does."""
+        def encode(text):
+            ids = self.enc.encode_to_numpy(text, disallowed_special=())
+            doc = np.empty(len(ids) + 1, dtype=np.int32)
+            doc[0], doc[1:] = self.bos_token_id, ids
+            return doc
+        with ThreadPoolExecutor(num_threads) as pool:
+            return list(pool.map(encode, texts))
 
     def decode(self, ids):
         return self.enc.decode(list(ids))

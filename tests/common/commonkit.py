@@ -105,10 +105,9 @@ def cycled_batches(token_lists, batch=128, as_arrays=False):
     """Endless (documents, epoch) batches over a fixed list of tokenized documents, as a loader's stream.
     The batches (numpy arrays with as_arrays, as common.loader.document_batches gives them) are built now,
     before the first next()."""
-    from common.loader import to_arrays
     chunks = [token_lists[i:i + batch] for i in range(0, len(token_lists), batch)]
     if as_arrays:
-        chunks = [to_arrays(c) for c in chunks]
+        chunks = [[np.asarray(t, dtype=np.int32) for t in c] for c in chunks]
 
     def stream():
         epoch = 1

@@ -119,6 +119,46 @@ def test_bench_full_loader(benchmark, prepared_corpus, corpus_tokenizer):
            tokens_per_cpu_s=steps * B * T / timed.cpu_median)
 
 
+def spinning(until):
+    """Runs a pure-Python loop in a thread until until() returns; its iterations per second. A stand-in for the
+    training loop's thread, which launches kernels in Python and needs the GIL to do it."""
+    import threading
+    stop, rate = threading.Event(), []
+
+    def spin():
+        n, t0 = 0, time.perf_counter()
+        while not stop.is_set():
+            n += 1
+        rate.append(n / (time.perf_counter() - t0))
+    spinner = threading.Thread(target=spin)
+    spinner.start()
+    until()
+    stop.set()
+    spinner.join()
+    return rate[0]
+
+
+def test_bench_loader_beside_a_busy_thread(benchmark, prepared_corpus, corpus_tokenizer):
+    """The loader's thread and a busy Python thread at once: how much of its pace the busy thread keeps (the
+    loader's share of the GIL), and the loader's tokens/s meanwhile. Upstream's loader runs in the training
+    loop's own thread instead; ours packs ahead in its own, so what it takes of the GIL is what matters."""
+    B, steps = 16, 20
+    alone = spinning(lambda: time.sleep(2.0))
+
+    def started():
+        loader = make_loader("train", B, T, source=prepared_corpus.source, tokenizer=corpus_tokenizer)
+        next(loader)
+        return (loader,), {}
+
+    def pull_beside_spinner(loader):
+        return spinning(lambda: [next(loader) for _ in range(steps)])
+
+    timed = Timer(pull_beside_spinner)
+    rate = benchmark.pedantic(timed, setup=started, rounds=3, iterations=1)
+    report(benchmark, "make_loader train B=16 T=2048 beside a busy Python thread",
+           tokens_per_s=steps * B * T / timed.median, busy_thread_kept_percent=100 * rate / alone)
+
+
 def test_bench_tokenizer_training(benchmark, corpus, tmp_path, monkeypatch):
     rounds = iter(range(100))
 

@@ -71,6 +71,14 @@ def test_encode_batch_prepends_bos_to_each_document(corpus_tokenizer, real_docs)
     assert tok.encode_batch(docs) == [[8188] + tok.encode(d) for d in docs]
 
 
+def test_encode_arrays_are_encode_batchs_tokens_as_int32_arrays(corpus_tokenizer, real_docs):
+    tok = corpus_tokenizer
+    docs = real_docs[:200] + UNICODE_SAMPLES + ["", "a document that mentions <|reserved_0|> literally"]
+    arrays = tok.encode_arrays(docs)
+    assert all(a.dtype == np.int32 and a.ndim == 1 for a in arrays)
+    assert [a.tolist() for a in arrays] == tok.encode_batch(docs)
+
+
 def test_saved_tokenizer_loads_to_the_same_encoding(prepared_corpus, corpus_tokenizer):
     folder = tokenizer_dir(prepared_corpus.source)
     assert (folder / "tokenizer.pkl").is_file() and (folder / "token_bytes.npy").is_file()
