@@ -158,7 +158,8 @@ class Prefetcher:
 
 class BudgetedBatches(Prefetcher):
     """make_loader's iterator: hands out the prefetched batches, counting them when they are taken (not when
-    the thread packs them), and stops serving once training runs past the budget. Timed training begins once
+    the thread packs them) with the time timed training waited for them, and stops serving once training runs
+    past the budget. Timed training begins once
     the profile's untimed steps are served, counted in tokens (untimed_steps x the profile's tokens per step).
     The profile is the environment's ($AUTORESEARCH_PROFILE / $AUTORESEARCH_BUDGET, fixed by the agent), not
     one the canvas passes; the counts are the run's, shared by all its loaders, so a fresh loader buys no
@@ -185,7 +186,10 @@ class BudgetedBatches(Prefetcher):
                 f"{p.untimed_steps} untimed steps), but the budget is {p.time_budget:g} s (plus {self.slack:g} s "
                 f"of slack), so the loader stopped serving. The budget is fixed by the profile ({p.name}), not by "
                 "train.py: the training loop must stop once its timed training reaches the profile's time_budget."))
+        t0 = time.perf_counter()
         item = super().__next__()
+        if counts["timed_start_at"] is not None:  # the packing thread fell behind the training loop
+            counts["data_wait_s"] += time.perf_counter() - t0
         counts["batches"] += 1
         counts["tokens"] += self.batch_tokens
         counts["last_batch_at"] = time.time()

@@ -16,8 +16,9 @@ keep it. Without AUTORESEARCH_RECORD (a manual run) nothing is written, but the 
     eval_rows             number of validation rows
     eval_fingerprint      first 16 hex digits of the SHA-256 of the rows array's bytes
     causal_check          {ok, max_diff, tolerance, position} of evaluate_bpb's probe, or null
-    train                 {batches, tokens, first_batch_at, timed_start_at, last_batch_at, deadline_at, stopped}
-                          from the training loader (times: seconds since the epoch), or null if none was made
+    train                 {batches, tokens, first_batch_at, timed_start_at, last_batch_at, deadline_at, stopped,
+                          data_wait_s} from the training loader (times: seconds since the epoch; data_wait_s: how
+                          long timed training waited for the loader's batches), or null if none was made
     val_read_before_eval  validation rows or documents were read through common/ outside evaluate_bpb
     rejected, trick       null, or the reason (one paragraph) and one of causality, budget, validation
 """
@@ -45,7 +46,7 @@ def training_counts():
     global train
     if train is None:
         train = dict(batches=0, tokens=0, first_batch_at=None, timed_start_at=None, last_batch_at=None,
-                     deadline_at=None, stopped=False)
+                     deadline_at=None, stopped=False, data_wait_s=0.0)
     return train
 
 

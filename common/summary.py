@@ -6,6 +6,7 @@ tokens_per_sec. The agent, the tests and docker reproduce all read it back throu
 
 import math
 
+from common import record
 from common.errors import ContractError
 
 # key -> (type, format) in the order printed
@@ -36,6 +37,8 @@ def format_summary(**values):
 
 
 def print_summary(**values):
+    if record.train is not None:  # a line above the block (which stays upstream's): did the data keep up?
+        print(f"data_wait_seconds: {record.train['data_wait_s']:.1f}")
     print(format_summary(**values), flush=True)
 
 

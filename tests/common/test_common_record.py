@@ -13,8 +13,10 @@ import pytest
 from common import record
 from common.errors import ContractError, IntegrityError, run_cli
 from common.evaluate import eval_rows, evaluate_bpb
-from common.loader import make_loader
-from common.platform import PROFILES
+from common.loader import BudgetedBatches, make_loader
+from common.platform import PROFILES, get_profile
+from common.summary import print_summary
+from test_common_summary import VALUES
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -213,6 +215,37 @@ def test_an_honest_run_within_the_budget_is_served_and_counted(small_corpus, mon
     assert (train["batches"], train["tokens"], train["stopped"]) == (served, served * 128, False)
     assert t0 <= train["first_batch_at"] <= train["timed_start_at"] <= train["last_batch_at"] < train["deadline_at"]
     assert train["deadline_at"] - train["timed_start_at"] == pytest.approx(1 + 5.0)
+
+
+def batches_every(seconds):
+    """Endless (inputs, targets, epoch) of 2 x 64 tokens, each made `seconds` after the last: a packer that slow."""
+    while True:
+        time.sleep(seconds)
+        yield np.zeros((2, 64), np.int32), np.zeros((2, 64), np.int32), 1
+
+
+def test_timed_training_counts_its_wait_for_a_slow_loader(monkeypatch, record_file, capsys):
+    monkeypatch.setenv("AUTORESEARCH_PROFILE", "smoke")
+    loader = BudgetedBatches(batches_every(0.05), 4, 128, get_profile())
+    for _ in range(16):                                          # untimed: waits there are not counted
+        next(loader)
+    assert record.train["data_wait_s"] == 0.0
+    for _ in range(10):                                          # timed: each batch ~0.05 s late
+        next(loader)
+    assert 0.3 < record.train["data_wait_s"] < 1.5
+    print_summary(**VALUES)
+    assert f"data_wait_seconds: {record.train['data_wait_s']:.1f}\n---\n" in capsys.readouterr().out
+
+
+def test_a_loader_that_keeps_up_costs_timed_training_no_wait(monkeypatch, record_file):
+    monkeypatch.setenv("AUTORESEARCH_PROFILE", "smoke")
+    loader = BudgetedBatches(batches_every(0.0), 4, 128, get_profile())
+    for _ in range(17):                                          # the untimed steps and the first timed batch
+        next(loader)
+    time.sleep(0.2)                                              # a training step: the thread packs ahead
+    for _ in range(4):
+        next(loader)
+    assert record.train["data_wait_s"] < 0.05
 
 
 def test_a_fresh_loader_buys_no_fresh_untimed_steps(small_corpus, monkeypatch):
