@@ -1,6 +1,6 @@
 """Profile a few optimizer steps of a real training run, any trainer's, upstream's train.py included (issue 11).
 
-    python bench/profile_run.py [--skip 30] [--steps 3] [--json out.json] SCRIPT [ARGS...]
+    python bench/profile_run.py [--skip 30] [--steps 5] [--json out.json] SCRIPT [ARGS...]
 
 Runs SCRIPT as __main__ in this process (its folder first on sys.path, as `python SCRIPT` would) with one
 global optimizer-step hook (torch.optim's register_optimizer_step_post_hook: any torch.optim.Optimizer, ours and

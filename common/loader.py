@@ -159,11 +159,10 @@ class Prefetcher:
 class BudgetedBatches(Prefetcher):
     """make_loader's iterator: hands out the prefetched batches, counting them when they are taken (not when
     the thread packs them) with the time timed training waited for them, and stops serving once training runs
-    past the budget. Timed training begins once
-    the profile's untimed steps are served, counted in tokens (untimed_steps x the profile's tokens per step).
-    The profile is the environment's ($AUTORESEARCH_PROFILE / $AUTORESEARCH_BUDGET, fixed by the agent), not
-    one the canvas passes; the counts are the run's, shared by all its loaders, so a fresh loader buys no
-    fresh untimed steps."""
+    past the budget. Timed training begins once the profile's untimed steps are served, counted in tokens
+    (untimed_steps x the profile's tokens per step). The profile is the environment's ($AUTORESEARCH_PROFILE /
+    $AUTORESEARCH_BUDGET, fixed by the agent), not one the canvas passes; the counts are the run's, shared by all
+    its loaders, so a fresh loader buys no fresh untimed steps."""
 
     def __init__(self, generator, depth, batch_tokens, profile):
         super().__init__(generator, depth)
