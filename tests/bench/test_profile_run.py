@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_a_smoke_run_of_the_canvas_is_profiled_and_still_finishes(prepared_env, tmp_path):
