@@ -82,6 +82,12 @@ VARIANTS["bf16-muon-tail"] = Variant(
             "    lr, wd = (torch.tensor(v, device=g.device).to(ortho_dtype) for v in (lr, wd))\n"
             "    params.sub_(lr * g + lr * wd * params * ((g * params) >= 0))\n"),))
 
+# Polar Express op by op in bf16, each elementwise step rounded (the optimizer ran eagerly until 2026-11-30);
+# upstream's compiled Muon step fuses them and rounds once per kernel, as compile_optimizer now does.
+VARIANTS["eager-polar-express"] = Variant(
+    "Polar Express eager in bf16 (every elementwise step rounded), as before compile_optimizer",
+    edits=(("        compile_optimizer(optimizer)  # Polar Express runs in bf16 on a GPU only\n", ""),))
+
 # Other initial weights (the same distributions, other draws): how far apart two seeds land.
 for seed in (43, 44):
     VARIANTS[f"seed-{seed}"] = Variant(f"SEED = {seed} (initial weights drawn from another seed; data order unchanged)",

@@ -71,9 +71,10 @@ def run_cuda(args, out):
     np.savez(out / "init.npz", **t.export_weights(model))
     xs, ys, vx, vy = batches(profile, accum, args.steps)
     np.savez(out / "batches.npz", xs=xs, ys=ys, vx=vx, vy=vy)
-    if device.type == "cuda":
-        t.compile_model(model)
     optimizer = t.build_optimizer(model)
+    if device.type == "cuda":  # as the canvas's main()
+        t.compile_model(model)
+        t.compile_optimizer(optimizer)
     gpu = lambda a: torch.from_numpy(a).to(device).long()  # noqa: E731
     with t.autocast(device):
         loss0 = model(gpu(xs[0]), gpu(ys[0])).mean()

@@ -154,6 +154,7 @@ def main():
     if not args.no_compile:
         canvas.compile_model(model)
     if on_gpu:
+        canvas.compile_optimizer(optimizer)  # as main(): Polar Express compiled on a GPU
         from torch._inductor import config as inductor_config
         inductor_config.cpp.vec_isa_ok = False  # as main(): no CPU kernels to vectorise, skip the ISA probes
     device_name = torch.cuda.get_device_name() if on_gpu else "cpu"
