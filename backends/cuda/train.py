@@ -2,9 +2,9 @@
 validation bits per byte. One file, read top to bottom: model, optimizer, hyperparameters, training loop.
 
 Runs on an NVIDIA GPU (bf16 autocast, torch.compile per block, FlexAttention for sliding windows, Polar Express
-in bf16, compiled) and on a CPU or Apple GPU (float32 throughout, SDPA with an explicit mask: the same numbers; compiled
-on a CPU only for budgets of a minute or more). Importing this file does no work; main() runs under __main__,
-so tests and the parity harness can build the model (build_model, tiny_config) and take single steps
+in bf16, compiled) and on a CPU or Apple GPU (float32 throughout, SDPA with an explicit mask: the same numbers;
+compiled on a CPU only for budgets of a minute or more). Importing this file does no work; main() runs under
+__main__, so tests and the parity harness can build the model (build_model, tiny_config) and take single steps
 (build_optimizer, train_step), exchanging weights through export_weights / import_weights.
 
 Parameter names (model.state_dict() keys) are the exchange format between backends. L = n_layer,
