@@ -72,7 +72,7 @@ def report(prof, steps, wall_ms, top, json_path):
              + f" | idle {wall_ms - busy:.1f} ms/step"]
     lines += [f"[profile_run]   {cat:18s} {ms:8.2f} ms/step" for cat, ms in per_category.items()]
     lines += [f"[profile_run]   top: {busy * us / total:7.2f} ms/step {100 * us / total:5.1f} %  {category(name):18s} "
-              f"{name[:90]}" for name, us, count in rows[:top]]
+              f"{name[:90]}" for name, us, _ in rows[:top]]
     print("\n".join(lines), flush=True)
     if json_path:
         Path(json_path).write_text(json.dumps(dict(
