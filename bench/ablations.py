@@ -82,6 +82,16 @@ VARIANTS["bf16-muon-tail"] = Variant(
             "    lr, wd = (torch.tensor(v, device=g.device).to(ortho_dtype) for v in (lr, wd))\n"
             "    params.sub_(lr * g + lr * wd * params * ((g * params) >= 0))\n"),))
 
+# Upstream compiles the whole model as one graph; ours compiles the embedding, each block and the head on their
+# own. The math is the same; what may differ is where bf16 values round (a whole graph can fuse the end of one
+# block into the next block's residual mix). Measured in docs/notes/fidelity.md, section 12.
+VARIANTS["whole-model-graph"] = Variant(
+    "the whole model compiled as one graph, as upstream (ours: the embedding, each block and the head apart)",
+    edits=(("    model.embed = torch.compile(model.embed, dynamic=False)\n"
+            "    for module in (*model.blocks, model.lm_head):\n"
+            "        module.compile(dynamic=False)\n",
+            "    model.compile(dynamic=False)\n"),))
+
 # Polar Express op by op in bf16, each elementwise step rounded (the optimizer ran eagerly until 2026-11-30);
 # upstream's compiled Muon step fuses them and rounds once per kernel, as compile_optimizer now does.
 VARIANTS["eager-polar-express"] = Variant(
