@@ -92,6 +92,17 @@ VARIANTS["whole-model-graph"] = Variant(
             "        module.compile(dynamic=False)\n",
             "    model.compile(dynamic=False)\n"),))
 
+# The residual stream handed between the compiled regions in float32 (x0 too), each block rounding its mix to
+# bf16 once: no bf16 rounding at the region boundaries, forward or backward, and the blocks' x0 gradients summed
+# in float32 (regional compilation otherwise rounds there, where upstream's whole graph fuses across blocks).
+VARIANTS["float32-between-blocks"] = Variant(
+    "the residual stream and x0 passed between the compiled blocks in float32 (ours and upstream's: bf16)",
+    edits=(("        x = resid_lambda * x + x0_lambda * x0  #",
+            "        x = (resid_lambda * x + x0_lambda * x0).to(torch.get_autocast_dtype(x.device.type) "
+            "if torch.is_autocast_enabled(x.device.type) else x.dtype)  #"),
+           ("        return x + self.mlp(norm(x))\n", "        return (x + self.mlp(norm(x))).float()\n"),
+           ("        return norm(self.wte(idx))\n", "        return norm(self.wte(idx)).float()\n")))
+
 # Polar Express op by op in bf16, each elementwise step rounded (the optimizer ran eagerly until 2026-11-30);
 # upstream's compiled Muon step fuses them and rounds once per kernel, as compile_optimizer now does.
 VARIANTS["eager-polar-express"] = Variant(

@@ -5,7 +5,8 @@
 
 One batch, one set of weights, one forward and backward per mode, each mode's gradients set against the same
 model's in float64 (no autocast, the same bf16-valued embeddings): the relative error (Frobenius norm) per
-parameter group, and the loss. Modes, all in bf16 as the trainer runs on a GPU (autocast, bf16 embeddings):
+parameter group, and the loss (the reference is always the unmodified canvas's model: a variant's casts
+are what is measured). Modes, all in bf16 as the trainer runs on a GPU (autocast, bf16 embeddings):
 - eager: no compilation;
 - regional: the canvas's compile_model (the embedding, each block and the head compiled on their own);
 - whole: the whole model compiled as one graph, as upstream's train.py does.
@@ -109,7 +110,11 @@ def main():
     x, y = tokens[:, :-1], tokens[:, 1:]
     groups = [g.format(mid=args.depth // 2, last=args.depth - 1) for g in GROUPS]
 
-    reference = copy.deepcopy(base).double()
+    # The reference is the unmodified canvas's math in float64 (a variant may cast to float32 on purpose).
+    plain = load(None, None) if args.variant else canvas
+    reference = plain.build_model(config, device, seed=args.seed)
+    reference.load_state_dict(base.state_dict())
+    reference.double()
     ref_grads, ref_loss = gradients(reference, x, y, autocast=False)
     del reference
     print(f"device {device} | depth {args.depth}, dim {args.dim}, T {args.seq_len}, batch {args.batch} | "

@@ -36,3 +36,11 @@ def test_an_unknown_mode_is_named_with_the_choices():
     out = run(*TINY, "--modes", "eager,fused")
     assert out.returncode != 0
     assert "unknown mode(s) ['fused']" in out.stderr and "eager, regional, whole" in out.stderr
+
+
+def test_a_variant_is_measured_against_the_unmodified_canvas_in_float64(tmp_path):
+    """float32-between-blocks casts to float32 on purpose: its reference is the plain canvas's float64 model."""
+    out = run(*TINY, "--modes", "eager", "--variant", "float32-between-blocks", "--json", str(tmp_path / "g.json"))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    errors = json.loads((tmp_path / "g.json").read_text())["modes"]["eager"]["errors"]
+    assert 1e-3 < errors["blocks.0."] < 5e-2
