@@ -6,7 +6,8 @@
 Builds the model and optimizer as backends/cuda/train.py's main() does (the canvas's DEPTH / DEVICE_BATCH_SIZE /
 TOTAL_BATCH_SIZE, else the profile's; compiled unless --no-compile), feeds it random token ids (no tokenizer, no
 data; --real-tokens: the prepared data's validation rows), runs --warmup steps (the first compiles), then times
---steps steps back to back, as the trainer queues them: median ms per step, tokens/s and MFU. Then it profiles
+--steps steps back to back, as the trainer queues them: median ms per step, tokens/s and MFU; then how long the
+CPU takes to queue one step onto an idle GPU (near the step's time, the GPU waits on the CPU). Then it profiles
 --profiled-steps more steps and sorts the GPU kernels' time per step into the CATEGORIES below by kernel name,
 with the top kernels by time.
 
@@ -70,6 +71,22 @@ def timed(fn, n, on_gpu):
         t0 = time.perf_counter()
         fn()
         times.append(1000 * (time.perf_counter() - t0))
+    return times
+
+
+def queue_times(fn, n, on_gpu):
+    """ms the CPU takes to queue each of n calls of fn onto an idle GPU (a sync before and after each): when
+    that nears the step's time, the GPU waits on the CPU. Without CUDA it is the step's time."""
+    import torch
+    times = []
+    for _ in range(n):
+        if on_gpu:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        times.append(1000 * (time.perf_counter() - t0))
+        if on_gpu:
+            torch.cuda.synchronize()
     return times
 
 
@@ -172,7 +189,7 @@ def main():
         batches = [(torch.randint(args.vocab, (device_batch, seq_len), dtype=torch.int64, device=device),
                     torch.randint(args.vocab, (device_batch, seq_len), dtype=torch.int64, device=device))
                    for _ in range(accum_steps)]
-    total_steps = args.warmup + args.steps + args.profiled_steps
+    total_steps = args.warmup + args.steps + 3 + args.profiled_steps  # 3: queue_times' steps
     step = 0
 
     def one_step():
@@ -188,6 +205,7 @@ def main():
     print(f"warmup {args.warmup} steps: {time.perf_counter() - t0:.1f} s")
     step_times = timed(one_step, args.steps, on_gpu)
     step_ms = statistics.median(step_times)
+    queue_ms = statistics.median(queue_times(one_step, 3, on_gpu))
     tok_s = total_batch / (step_ms / 1000)
     mfu = 100 * flops_per_token * tok_s / peak
 
@@ -219,6 +237,8 @@ def main():
     console.print(f"{what}: busy {busy_ms:.1f} ms/step | idle {step_ms - busy_ms:.1f} ms/step "
                   f"({100 * (step_ms - busy_ms) / step_ms:.1f}% of the step) | profiled steps "
                   f"{statistics.median(profiled_times):.1f} ms (with the profiler's overhead)")
+    if on_gpu:
+        console.print(f"the CPU queues a step in {queue_ms:.1f} ms (median of 3, onto an idle GPU)")
     if optimizer_ms is not None:
         console.print(f"inside optimizer.step: {optimizer_ms:.1f} ms/step of "
                       f"{'the kernels it launched' if on_gpu else 'CPU time'}, any category")
@@ -244,7 +264,7 @@ def main():
             device=device_name, torch=torch.__version__, canvas=str(args.canvas), profile=prof_cfg.name,
             compile=not args.no_compile, config=config_dict, num_params=num_params, flops_per_token=flops_per_token,
             peak_flops=peak, tokens_per_step=total_batch, accum_steps=accum_steps, steps=args.steps,
-            step_ms=step_ms, step_ms_all=step_times, tokens_per_sec=tok_s, mfu_percent=mfu,
+            step_ms=step_ms, step_ms_all=step_times, queue_ms=queue_ms, tokens_per_sec=tok_s, mfu_percent=mfu,
             timed=what, profiled_steps=n, profiled_step_ms=profiled_times, busy_ms=busy_ms, idle_ms=step_ms - busy_ms,
             optimizer_step_ms=optimizer_ms, categories=categories, top=top)
         Path(args.json).write_text(json.dumps(record, indent=2) + "\n")

@@ -22,6 +22,7 @@ def test_a_smoke_profile_of_the_canvas_writes_its_numbers(tmp_path):
     record = json.loads(out_json.read_text())
     assert record["profile"] == "smoke" and record["device"] == "cpu"
     assert record["step_ms"] > 0 and record["tokens_per_sec"] > 0 and record["mfu_percent"] > 0
+    assert record["queue_ms"] > 0
     times = [c["ms"] for c in record["categories"].values()]
     assert max(times) > 0 and record["busy_ms"] > 0
     assert sum(times) == pytest.approx(record["busy_ms"], rel=1e-6)
