@@ -101,7 +101,10 @@ def main():
         parser.error(f"unknown mode(s) {sorted(unknown)}: choose from eager, regional, whole")
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    canvas = load(args.variant, REPO / "runs" / "grad_precision")
+    # The reference is the unmodified canvas's math in float64 (a variant may cast to float32 on purpose). The
+    # variant loads last: both are modules named cuda_train, and torch.compile resolves the later one.
+    plain = load(None, None)
+    canvas = load(args.variant, REPO / "runs" / "grad_precision") if args.variant else plain
     config = canvas.GPTConfig(sequence_len=args.seq_len, vocab_size=args.vocab, n_layer=args.depth,
                               n_head=args.dim // 128 or 1, n_embd=args.dim, window_pattern="SSSL")
     base = perturbed_model(canvas, config, device, args.seed)
@@ -110,8 +113,6 @@ def main():
     x, y = tokens[:, :-1], tokens[:, 1:]
     groups = [g.format(mid=args.depth // 2, last=args.depth - 1) for g in GROUPS]
 
-    # The reference is the unmodified canvas's math in float64 (a variant may cast to float32 on purpose).
-    plain = load(None, None) if args.variant else canvas
     reference = plain.build_model(config, device, seed=args.seed)
     reference.load_state_dict(base.state_dict())
     reference.double()
