@@ -103,6 +103,29 @@ VARIANTS["float32-between-blocks"] = Variant(
            ("        return x + self.mlp(norm(x))\n", "        return (x + self.mlp(norm(x))).float()\n"),
            ("        return norm(self.wte(idx))\n", "        return norm(self.wte(idx)).float()\n")))
 
+# Between the two: the embedding and the head compiled apart, the eight blocks as one graph, so the sums across
+# blocks (x0's gradients, the residual stream's) are fused as in upstream's graph. Which part of the whole graph
+# costs its 2.4 % of step time (docs/notes/cuda.md), and whether the blocks' graph alone has its per-step gain.
+VARIANTS["blocks-one-graph"] = Variant(
+    "the eight blocks compiled as one graph; the embedding and the head apart (ours: every block apart)",
+    edits=(("        x = x0 = self.embed(idx)\n"
+            "        for i, block in enumerate(self.blocks):\n"
+            "            ve_weight = self.value_embeds[str(i)].weight if str(i) in self.value_embeds else None\n"
+            "            x = block(x, x0, self.resid_lambdas[i], self.x0_lambdas[i], idx, ve_weight, cos, sin, "
+            "self.windows[i])\n"
+            "        return self.lm_head(x, targets)\n",
+            "        return self.lm_head(self.run_blocks(self.embed(idx), idx, cos, sin), targets)\n\n"
+            "    def run_blocks(self, x0, idx, cos, sin):\n"
+            "        x = x0\n"
+            "        for i, block in enumerate(self.blocks):\n"
+            "            ve_weight = self.value_embeds[str(i)].weight if str(i) in self.value_embeds else None\n"
+            "            x = block(x, x0, self.resid_lambdas[i], self.x0_lambdas[i], idx, ve_weight, cos, sin, "
+            "self.windows[i])\n"
+            "        return x\n"),
+           ("    for module in (*model.blocks, model.lm_head):\n        module.compile(dynamic=False)\n",
+            "    model.run_blocks = torch.compile(model.run_blocks, dynamic=False)\n"
+            "    model.lm_head.compile(dynamic=False)\n")))
+
 # Polar Express op by op in bf16, each elementwise step rounded (the optimizer ran eagerly until 2026-11-30);
 # upstream's compiled Muon step fuses them and rounds once per kernel, as compile_optimizer now does.
 VARIANTS["eager-polar-express"] = Variant(
