@@ -18,8 +18,11 @@ table) are written to --out.
 
 Columns: steps; tokens/s over the timed steps; MFU (upstream's and ours both divide by 989.5 TFLOP/s on an
 H100 or H200); peak GPU memory; val_bpb; total - training = process wall time not spent training (start-up,
-compilation, untimed steps, evaluation). Then per group: mean and sd of val_bpb, and the difference to
-upstream's mean.
+compilation, untimed steps, evaluation). Then per group: mean and sd of val_bpb, the difference to upstream's
+mean, and the difference at equal steps (equal_step_fit: the step count follows the host, and a step is worth
+about 0.0005 at 60 s).
+
+    python bench/anchor.py table runs/a/results.jsonl runs/b/results.jsonl   # one table over several calls
 """
 
 import argparse
@@ -299,6 +302,34 @@ def machine():
     return f"{cards} (name, driver) | {', '.join(versions)}"
 
 
+def equal_step_fit(rows):
+    """{budget: (slope, residual sd, runs, {group: (val_bpb minus upstream's at equal steps, its standard error)})}.
+
+    A run's val_bpb depends on how many steps its host allowed in the budget (about -0.0005 a step at 60 s), so
+    raw means mix the trainers' difference with their speed. One line per group with a common slope, fitted by
+    least squares over every run of a budget, reads them at equal steps. Only where upstream ran, and where the
+    slope can be told apart from the groups (step counts vary within groups) with a residual left to measure."""
+    import numpy as np
+    fits = {}
+    for budget in sorted({r["budget"] for r in rows if "val_bpb" in r}):
+        runs = [r for r in rows if "val_bpb" in r and r["budget"] == budget]
+        names = sorted({r["group"] for r in runs}, key=lambda g: g != "upstream")  # upstream first
+        if names[0] != "upstream" or len(runs) <= len(names) + 1:
+            continue
+        mean_steps = statistics.fmean(r["steps"] for r in runs)
+        X = np.array([[float(r["group"] == g) for g in names] + [r["steps"] - mean_steps] for r in runs])
+        y = np.array([r["val_bpb"] for r in runs])
+        if np.linalg.matrix_rank(X) < X.shape[1]:
+            continue
+        coef, *_ = np.linalg.lstsq(X, y, rcond=None)
+        residual_var = float(((y - X @ coef) ** 2).sum()) / (len(runs) - X.shape[1])
+        cov = residual_var * np.linalg.inv(X.T @ X)
+        diffs = {g: (float(coef[i] - coef[0]), float(max(cov[i, i] + cov[0, 0] - 2 * cov[i, 0], 0.0)) ** 0.5)
+                 for i, g in enumerate(names) if i}
+        fits[budget] = (float(coef[-1]), residual_var ** 0.5, len(runs), diffs)
+    return fits
+
+
 def table(rows, heading):
     lines = [heading, "",
              "| run | GPU | steps | tokens/s | MFU % | peak GB | val_bpb | total - training s |",
@@ -313,7 +344,9 @@ def table(rows, heading):
     for r in rows:
         if "val_bpb" in r:
             groups.setdefault((r["group"], r["budget"]), []).append(r["val_bpb"])
-    lines += ["", "| group | budget s | runs | val_bpb mean | sd | vs upstream |", "|---|---:|---:|---:|---:|---:|"]
+    fits = equal_step_fit(rows)
+    lines += ["", "| group | budget s | runs | val_bpb mean | sd | vs upstream | at equal steps |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
     for (group, budget), values in groups.items():
         mean = statistics.fmean(values)
         sd = statistics.stdev(values) if len(values) > 1 else float("nan")
@@ -323,8 +356,30 @@ def table(rows, heading):
             up_sd = statistics.stdev(up) if len(up) > 1 else float("nan")
             vs = f"{mean - statistics.fmean(up):+.4f}" + (f" ({(mean - statistics.fmean(up)) / up_sd:+.1f} sd)"
                                                           if up_sd == up_sd and up_sd > 0 else "")
-        lines.append(f"| {group} | {budget:g} | {len(values)} | {mean:.4f} | {sd:.4f} | {vs} |")
+        diff = fits.get(budget, (0, 0, 0, {}))[3].get(group)
+        at_equal = f"{diff[0]:+.4f} ± {diff[1]:.4f}" if diff else ""
+        lines.append(f"| {group} | {budget:g} | {len(values)} | {mean:.4f} | {sd:.4f} | {vs} | {at_equal} |")
+    for budget, (slope, resid_sd, n, _) in fits.items():
+        lines.append(f"\nAt equal steps ({budget:g} s): one line per group with a common slope, {slope:+.5f} val_bpb "
+                     f"per step, fitted over {n} runs (residual sd {resid_sd:.5f}).")
     return "\n".join(lines)
+
+
+def pooled_table(files):
+    """Prints one table over the runs of several results.jsonl files (the calls of one GPU session, say)."""
+    rows, headings = [], []
+    for path in files:
+        if not path.is_file():
+            raise ContractError(f"{path} is not a file. Name the results.jsonl files that bench/anchor.py wrote "
+                                "(in its --out folder, runs/anchor by default).")
+        for line in path.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                rows.append(row)
+                if row.get("heading") not in headings:
+                    headings.append(row.get("heading"))
+    print(table(rows, "\n".join(h for h in headings if h) or "pooled runs"))
+    return 0
 
 
 def main():
@@ -333,6 +388,8 @@ def main():
     c = sub.add_parser("child", help=argparse.SUPPRESS)
     for flag in ("--canvas", "--backend", "--profile", "--budget", "--override"):
         c.add_argument(flag, required=True)
+    pooled = sub.add_parser("table", help="one table over the results.jsonl files of earlier calls")
+    pooled.add_argument("files", nargs="+", type=Path)
     parser.add_argument("--backend", default="cuda", choices=["cuda", "jax"], help="our backend to compare")
     parser.add_argument("--profile", default="h100", help="our profile (h100 = upstream's constants)")
     parser.add_argument("--budget", type=float, default=60, help="training seconds of every run (upstream's too)")
@@ -353,6 +410,8 @@ def main():
     args = parser.parse_args()
     if args.cmd == "child":
         return child(args)
+    if args.cmd == "table":
+        return pooled_table(args.files)
 
     from common.prepare import prepare
     out = Path(args.out).resolve()

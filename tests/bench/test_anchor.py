@@ -43,6 +43,47 @@ def test_upstreams_summary_block_is_parsed_with_its_untimed_steps():
         anchor.parse_upstream("Traceback (most recent call last): ...")
 
 
+def runs_on_a_line(group, offset, steps, slope=-0.0005, base=1.05, wobble=(0.0001, -0.0001, 0.00005)):
+    """Result rows of a group whose val_bpb falls `slope` a step from `base + offset` at 197 steps."""
+    return [dict(name=f"{group}_{i}", group=group, budget=60.0, gpu="0", steps=s, tokens_per_sec=1.6e6, mfu=39.0,
+                 peak_gb=45.0, overhead_s=30.0, val_bpb=base + offset + slope * (s - 197) + wobble[i % len(wobble)])
+            for i, s in enumerate(steps)]
+
+
+def test_the_equal_step_fit_separates_speed_from_what_a_step_is_worth():
+    """cuda 0.0020 worse per step and 3 steps slower than upstream: raw means say +0.0035, the fit +0.0020."""
+    rows = runs_on_a_line("upstream", 0.0, [200, 198, 201]) + runs_on_a_line("cuda", 0.0020, [197, 195, 198])
+    slope, resid_sd, n, diffs = anchor.equal_step_fit(rows)[60.0]
+    assert n == 6 and slope == pytest.approx(-0.0005, abs=1e-4) and resid_sd < 2e-4
+    assert diffs["cuda"][0] == pytest.approx(0.0020, abs=2e-4) and diffs["cuda"][1] < 5e-4
+    text = anchor.table(rows, "heading")
+    assert "| cuda | 60 | 3 |" in text and f"{diffs['cuda'][0]:+.4f} ± " in text
+    assert f"common slope, {slope:+.5f} val_bpb per step, fitted over 6 runs" in text
+
+
+def test_no_fit_where_the_slope_cannot_be_told_from_the_groups():
+    """Every run of a group at one step count: a slope and the groups' offsets explain the same thing."""
+    rows = runs_on_a_line("upstream", 0.0, [200, 200, 200]) + runs_on_a_line("cuda", 0.002, [196, 196, 196])
+    assert anchor.equal_step_fit(rows) == {}
+    assert "common slope" not in anchor.table(rows, "heading")
+
+
+def test_one_table_over_the_results_of_two_calls(tmp_path):
+    import json
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    rows = runs_on_a_line("upstream", 0.0, [200, 198, 201]) + runs_on_a_line("cuda", 0.0020, [197, 195, 198])
+    first.write_text("".join(json.dumps(dict(r, heading="call A")) + "\n" for r in rows[:3] + rows[3:4]))
+    second.write_text("".join(json.dumps(dict(r, heading="call B")) + "\n" for r in rows[4:]))
+    out = subprocess.run([sys.executable, "bench/anchor.py", "table", str(first), str(second)], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.startswith("call A\ncall B") and "| cuda | 60 | 3 |" in out.stdout
+    assert "fitted over 6 runs" in out.stdout
+    missing = subprocess.run([sys.executable, "bench/anchor.py", "table", str(tmp_path / "none.jsonl")], cwd=REPO,
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode != 0 and "is not a file" in missing.stderr
+
+
 def test_an_upstream_folder_without_its_files_is_a_clear_error(tmp_path):
     with pytest.raises(ContractError, match="prepare.py and train.py"):
         anchor.upstream_code(tmp_path)
