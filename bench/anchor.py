@@ -372,12 +372,17 @@ def pooled_table(files):
         if not path.is_file():
             raise ContractError(f"{path} is not a file. Name the results.jsonl files that bench/anchor.py wrote "
                                 "(in its --out folder, runs/anchor by default).")
-        for line in path.read_text().splitlines():
-            if line.strip():
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
                 row = json.loads(line)
-                rows.append(row)
-                if row.get("heading") not in headings:
-                    headings.append(row.get("heading"))
+            except json.JSONDecodeError as e:
+                raise ContractError(f"{path}, line {number}, is not JSON ({e.msg}): name the results.jsonl files "
+                                    "that bench/anchor.py wrote, one run a line.") from None
+            rows.append(row)
+            if row.get("heading") not in headings:
+                headings.append(row.get("heading"))
     print(table(rows, "\n".join(h for h in headings if h) or "pooled runs"))
     return 0
 

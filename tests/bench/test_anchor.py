@@ -82,6 +82,10 @@ def test_one_table_over_the_results_of_two_calls(tmp_path):
     missing = subprocess.run([sys.executable, "bench/anchor.py", "table", str(tmp_path / "none.jsonl")], cwd=REPO,
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode != 0 and "is not a file" in missing.stderr
+    (tmp_path / "log.txt").write_text("step 00001 | loss 9.0\n")
+    garbled = subprocess.run([sys.executable, "bench/anchor.py", "table", str(tmp_path / "log.txt")], cwd=REPO,
+                             capture_output=True, text=True, timeout=60)
+    assert garbled.returncode != 0 and "log.txt, line 1, is not JSON" in garbled.stderr
 
 
 def test_an_upstream_folder_without_its_files_is_a_clear_error(tmp_path):
