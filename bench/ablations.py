@@ -83,8 +83,8 @@ VARIANTS["bf16-muon-tail"] = Variant(
             "    params.sub_(lr * g + lr * wd * params * ((g * params) >= 0))\n"),))
 
 # Upstream compiles the whole model as one graph; ours compiles the embedding, each block and the head on their
-# own. The math is the same; what may differ is where bf16 values round (a whole graph can fuse the end of one
-# block into the next block's residual mix). Measured in docs/notes/fidelity.md, section 12.
+# own. The math is the same; what differs is where bf16 values round: regional graphs leave the sums across
+# blocks in the backward (x0's gradients) to autograd in bf16. Measured in docs/notes/fidelity.md, section 12.
 VARIANTS["whole-model-graph"] = Variant(
     "the whole model compiled as one graph, as upstream (ours: the embedding, each block and the head apart)",
     edits=(("    model.embed = torch.compile(model.embed, dynamic=False)\n"
