@@ -126,6 +126,21 @@ VARIANTS["blocks-one-graph"] = Variant(
             "    model.run_blocks = torch.compile(model.run_blocks, dynamic=False)\n"
             "    model.lm_head.compile(dynamic=False)\n")))
 
+# Issue 11: inductor's own search instead of its defaults, the regions unchanged. Coordinate descent (the canvas's
+# TUNE_KERNELS, on since 2026-11-30) tunes the block sizes of the fused elementwise and reduction kernels;
+# max-autotune also benchmarks Triton matmul templates against cuBLAS (a template that wins takes the ReLU^2,
+# the residual adds and the casts into its epilogue) and FlexAttention's tile choices. Both lengthen a cold compile.
+COMPILE_REGIONS = ("    model.embed = torch.compile(model.embed, dynamic=False)\n"
+                   "    for module in (*model.blocks, model.lm_head):\n"
+                   "        module.compile(dynamic=False)\n")
+VARIANTS["no-kernel-tuning"] = Variant(
+    "TUNE_KERNELS = False: inductor's default block sizes, no coordinate descent (the canvas before 2026-11-30)",
+    edits=(("\nTUNE_KERNELS = True ", "\nTUNE_KERNELS = False "),))
+VARIANTS["max-autotune"] = Variant(
+    "compiled with mode='max-autotune-no-cudagraphs' (ours and upstream's: the default mode)",
+    edits=((COMPILE_REGIONS, COMPILE_REGIONS.replace("dynamic=False)",
+                                                     'dynamic=False, mode="max-autotune-no-cudagraphs")')),))
+
 # Polar Express op by op in bf16, each elementwise step rounded (the optimizer ran eagerly until 2026-11-30);
 # upstream's compiled Muon step fuses them and rounds once per kernel, as compile_optimizer now does.
 VARIANTS["eager-polar-express"] = Variant(

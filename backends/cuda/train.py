@@ -391,6 +391,7 @@ MOMENTUM_RAMP_STEPS = 300     # ... over this many optimizer steps, as upstream 
 
 # Loop
 SEED = 42
+TUNE_KERNELS = True        # on a GPU, tune inductor's fused kernels (compile_model): faster steps, slower cold start
 
 
 def model_config(depth, sequence_len, vocab_size):
@@ -426,7 +427,15 @@ def build_model(config, device="cpu", seed=SEED):
 def compile_model(model):
     """Compile the embedding, each block and the head on their own (regional compilation): layers of one kind
     share a compiled graph, so a cold start compiles a few small graphs rather than the whole model. Names are
-    unchanged. Every lookup and its backward runs in a compiled graph, as in upstream's whole-model graph."""
+    unchanged. Every lookup and its backward runs in a compiled graph, as in upstream's whole-model graph.
+
+    With TUNE_KERNELS on a GPU, inductor tunes the block sizes of its fused kernels by coordinate descent (the
+    loss head's soft-cap and cross-entropy, the norms' backward): 1.6 % more tokens/s on an H200, for about a
+    minute more of cold compile. torch 2.13 caches the choices for later starts; torch 2.11 re-tunes some of
+    them in every process, about 30 s (pytorch/pytorch#172819). docs/notes/cuda.md has the measurements."""
+    if TUNE_KERNELS and next(model.parameters()).is_cuda:
+        from torch._inductor import config as inductor_config
+        inductor_config.coordinate_descent_tuning = True
     model.embed = torch.compile(model.embed, dynamic=False)
     for module in (*model.blocks, model.lm_head):
         module.compile(dynamic=False)
