@@ -2,7 +2,8 @@
 budget and the same kind of GPU, in one table.
 
     python bench/anchor.py [--backend cuda] [--budget 60] [--repeat 3] [--gpus 0,1] [--data FOLDER]
-                           [--upstream DIR] [--variant NAME ...] [--no-upstream] [--deadline SECONDS] [--out DIR]
+                           [--upstream DIR] [--variant NAME ...] [--no-upstream] [--warmup SECONDS]
+                           [--deadline SECONDS] [--out DIR]
 
 Upstream's code is never part of this project: it is fetched at run time with git into the git-ignored folder
 .upstream/<commit> at the pinned commit UPSTREAM_COMMIT, or read from --upstream DIR (a folder holding its
@@ -13,7 +14,8 @@ be importable: upstream's prepare.py trains its own tokenizer.
 
 Jobs (upstream, our backend, each --variant of bench/ablations.py, --repeat times each, interleaved) go to
 the GPUs of --gpus one at a time per GPU, so with two GPUs upstream and ours train side by side. A job that
-could not finish before --deadline seconds is skipped and listed. Logs, results.jsonl and anchor.md (the
+could not finish before --deadline seconds is skipped and listed. --warmup first runs each trainer once for
+that many seconds, outside the table, so that no measured run trains beside another's cold compile. Logs, results.jsonl and anchor.md (the
 table) are written to --out.
 
 Columns: steps; tokens/s over the timed steps; MFU (upstream's and ours both divide by 989.5 TFLOP/s on an
@@ -162,9 +164,10 @@ class Job:
         return f"{self.group.replace(':', '-')}_{self.budget:g}s_{self.index}"
 
 
-def our_job(args, backend, variant, index, out):
+def our_job(args, backend, variant, index, out, budget=None):
     """A run of a backend's canvas (with a variant's edits) in a fresh process, under the profile with
-    --budget (and the variant's profile overrides)."""
+    --budget or `budget` (and the variant's profile overrides)."""
+    budget = budget or args.budget
     from common.summary import parse_summary
     canvas = (REPO / "backends" / backend / "train.py").read_text()
     group, overrides, env = backend, {}, dict(os.environ, PYTHONUNBUFFERED="1")
@@ -177,11 +180,11 @@ def our_job(args, backend, variant, index, out):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(canvas)
     command = [sys.executable, str(Path(__file__).resolve()), "child", "--canvas", str(path), "--backend",
-               backend, "--profile", args.profile, "--budget", str(args.budget), "--override", json.dumps(overrides)]
+               backend, "--profile", args.profile, "--budget", str(budget), "--override", json.dumps(overrides)]
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     if args.data:
         env["AUTORESEARCH_DATA"] = str(Path(args.data).resolve())
-    return Job(group, args.budget, index, command, REPO, env, parse_summary)
+    return Job(group, budget, index, command, REPO, env, parse_summary)
 
 
 def export_cuda_init(args, path):
@@ -387,6 +390,33 @@ def pooled_table(files):
     return 0
 
 
+def plan(args, code, out, budget, repeat, variant_repeat):
+    """The runs at `budget`: upstream's (from `code`, unless None) and our backend's interleaved, so that with two
+    GPUs they train side by side, then the --extra backends', then the variants'."""
+    upstream_jobs = []
+    if code:
+        run_dir, env = prepare_upstream(code, args.data, out / "upstream", budget)
+        upstream_jobs = [Job("upstream", budget, i + 1, [sys.executable, "train.py"], run_dir, env, parse_upstream)
+                         for i in range(repeat)]
+    ours = [our_job(args, args.backend, None, i + 1, out, budget) for i in range(repeat)]
+    jobs = [j for pair in zip(upstream_jobs or [None] * repeat, ours) for j in pair if j]
+    for backend in args.extra:
+        jobs += [our_job(args, backend, None, i + 1, out, budget) for i in range(repeat)]
+    for i in range(variant_repeat):
+        jobs += [our_job(args, VARIANTS[v].backend, v, i + 1, out, budget) for v in args.variant]
+    return jobs
+
+
+def warm_up(jobs, gpus, out):
+    """One short run of each trainer before the measured ones, left out of the table and of results.jsonl:
+    it fills the compile caches, so that no measured run trains beside another's cold compile (which takes
+    the host's cores: upstream's first 60-s run lost 17 of its ~198 steps beside ours, 2026-11-30)."""
+    print(f"warm-up: {len(jobs)} run(s) of {jobs[0].budget:g} s, not in the table", flush=True)
+    for row in run_all(jobs, gpus, out, None, timeout=jobs[0].budget + 900):
+        if "error" in row:
+            print(f"warm-up {row['name']} failed: {row['error']}", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd")
@@ -410,6 +440,8 @@ def main():
     parser.add_argument("--variant-repeat", type=int, default=1, help="runs of each variant")
     parser.add_argument("--extra", action="append", default=[], choices=["cuda", "jax"],
                         help="also run this backend (e.g. jax beside cuda)")
+    parser.add_argument("--warmup", type=float, default=0,
+                        help="first a run of this many seconds of each trainer, not in the table (fills the caches)")
     parser.add_argument("--deadline", type=float, help="start no run that could end after this many seconds")
     parser.add_argument("--out", default=str(REPO / "runs" / "anchor"), help="logs, results.jsonl and anchor.md")
     args = parser.parse_args()
@@ -422,23 +454,17 @@ def main():
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     prepare(args.data, if_needed=True)
-    upstream_jobs = []
-    if not args.no_upstream:
-        code = upstream_code(args.upstream)
-        run_dir, env = prepare_upstream(code, args.data, out / "upstream", args.budget)
-        upstream_jobs = [Job("upstream", args.budget, i + 1, [sys.executable, "train.py"], run_dir, env,
-                             parse_upstream) for i in range(args.repeat)]
-    ours = [our_job(args, args.backend, None, i + 1, out) for i in range(args.repeat)]
-    jobs = [j for pair in zip(upstream_jobs or [None] * args.repeat, ours) for j in pair if j]
-    for backend in args.extra:
-        jobs += [our_job(args, backend, None, i + 1, out) for i in range(args.repeat)]
-    for i in range(args.variant_repeat):
-        jobs += [our_job(args, VARIANTS[v].backend, v, i + 1, out) for v in args.variant]
+    code = None if args.no_upstream else upstream_code(args.upstream)
+    jobs = plan(args, code, out, args.budget, args.repeat, args.variant_repeat)
     if any(VARIANTS[v].cuda_init for v in args.variant):
         export_cuda_init(args, out / "cuda_init.npz")
     gpus = [g.strip() for g in args.gpus.split(",")]
+    started = time.time()
+    if args.warmup:
+        warm_up(plan(args, code, out, args.warmup, 1, 1), gpus, out)
+    deadline = args.deadline and max(args.deadline - (time.time() - started), 1e-3)
     t0 = datetime.datetime.now(datetime.timezone.utc)
-    rows = run_all(jobs, gpus, out, args.deadline, timeout=2 * args.budget + 600)
+    rows = run_all(jobs, gpus, out, deadline, timeout=2 * args.budget + 600)
     heading = (f"bench-anchor {t0:%Y-%m-%d %H:%M} UTC | {machine()} | profile {args.profile}, budget {args.budget:g} s"
                f" | data {args.data or 'climbmix'} | upstream {'-' if args.no_upstream else UPSTREAM_COMMIT[:12]}")
     text = table(rows, heading)

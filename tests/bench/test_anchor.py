@@ -95,14 +95,16 @@ def test_an_upstream_folder_without_its_files_is_a_clear_error(tmp_path):
 
 @pytest.mark.slow
 def test_ours_and_a_variant_side_by_side_on_the_cpu(prepared_env, tmp_path):
-    """The whole harness without upstream: our trainer and the 'before' ablation under the smoke profile,
-    one table, logs and results written."""
+    """The whole harness without upstream: our trainer and the 'before' ablation under the smoke profile, each
+    warmed up by a 1-s run that stays out of the table and the results, then one table, logs and results."""
     out = subprocess.run([sys.executable, "bench/anchor.py", "--no-upstream", "--profile", "smoke", "--budget", "2",
-                          "--repeat", "1", "--gpus", "", "--variant", "before", "--out", str(tmp_path)],
+                          "--repeat", "1", "--gpus", "", "--variant", "before", "--warmup", "1", "--out", str(tmp_path)],
                          cwd=REPO, env=prepared_env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     table = (tmp_path / "anchor.md").read_text()
     assert "| cuda_2s_1 |" in table and "| cuda-before_2s_1 |" in table and "budget 2 s" in table
+    assert "warm-up: 2 run(s) of 1 s" in out.stdout and "_1s_" not in table
+    assert "smoke@1s" in (tmp_path / "logs" / "cuda-before_1s_1.log").read_text()
     assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 2
     assert (tmp_path / "logs.tar.gz").stat().st_size > 0
     log = (tmp_path / "logs" / "cuda_2s_1.log").read_text()
