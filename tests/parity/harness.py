@@ -95,10 +95,15 @@ def load_trainer(name):
     return sys.modules[module_name]
 
 
+# Constants that set how fast one backend runs, not what it computes: no other backend has them.
+SPEED_ONLY = {"TUNE_KERNELS"}  # cuda: inductor's coordinate-descent tuning of its kernels' block sizes
+
+
 def hyperparameters(module):
-    """A trainer module's plain upper-case constants (numbers, strings, tuples/lists of them, None)."""
+    """A trainer module's plain upper-case constants (numbers, strings, tuples/lists of them, None), less
+    SPEED_ONLY."""
     plain = (int, float, str, tuple, list, type(None))
-    return {k: v for k, v in vars(module).items() if k.isupper() and isinstance(v, plain)}
+    return {k: v for k, v in vars(module).items() if k.isupper() and isinstance(v, plain) and k not in SPEED_ONLY}
 
 
 def load_backend(name):
