@@ -27,6 +27,32 @@ def test_every_ablation_still_applies_to_its_canvas(name):
     compile(text, "train.py", "exec")
 
 
+def test_the_logsumexp_head_computes_the_canvas_loss_and_gradients(tmp_path):
+    """The variant rewrites the loss, not the model: per-token losses and every gradient of a tiny model equal
+    the canvas's in float32 (the reductions run in another order, so to rounding, not bit for bit)."""
+    import torch
+    path = tmp_path / "train_logsumexp.py"
+    path.write_text(ablations.apply(ablations.VARIANTS["logsumexp-head"], CANVAS))
+    plain, variant = anchor.load_canvas(REPO / "backends" / "cuda" / "train.py"), anchor.load_canvas(path)
+    config = plain.tiny_config()
+    tokens = torch.randint(0, config.vocab_size, (3, config.sequence_len + 1), generator=torch.Generator().manual_seed(0))
+    results = []
+    for canvas in (plain, variant):
+        model = canvas.build_model(config, seed=1)
+        with torch.no_grad():  # non-zero output projections, so that every gradient is non-trivial
+            for block in model.blocks:
+                block.attn.c_proj.weight.normal_(std=0.02)
+                block.mlp.c_proj.weight.normal_(std=0.02)
+        losses = model(tokens[:, :-1], tokens[:, 1:])
+        losses.mean().backward()
+        results.append((losses.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    assert loss_a.shape == (3, config.sequence_len)
+    torch.testing.assert_close(loss_b, loss_a, rtol=1e-6, atol=1e-6)
+    for name, grad in grads_a.items():
+        torch.testing.assert_close(grads_b[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
 def test_an_edit_that_no_longer_applies_names_itself():
     with pytest.raises(ValueError, match="finds 0 places"):
         ablations.apply(ablations.Variant("x", edits=(("no such line", "y"),)), CANVAS)
