@@ -15,8 +15,8 @@ be importable: upstream's prepare.py trains its own tokenizer.
 Jobs (upstream, our backend, each --variant of bench/ablations.py, --repeat times each, interleaved) go to
 the GPUs of --gpus one at a time per GPU, so with two GPUs upstream and ours train side by side. A job that
 could not finish before --deadline seconds is skipped and listed. --warmup first runs each trainer once for
-that many seconds, outside the table, so that no measured run trains beside another's cold compile. Logs, results.jsonl and anchor.md (the
-table) are written to --out.
+that many seconds, outside the table, so that no measured run trains beside another's cold compile. Logs,
+results.jsonl and anchor.md (the table) are written to --out.
 
 Columns: steps; tokens/s over the timed steps; MFU (upstream's and ours both divide by 989.5 TFLOP/s on an
 H100 or H200); peak GPU memory; val_bpb; total - training = process wall time not spent training (start-up,
