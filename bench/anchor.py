@@ -164,10 +164,9 @@ class Job:
         return f"{self.group.replace(':', '-')}_{self.budget:g}s_{self.index}"
 
 
-def our_job(args, backend, variant, index, out, budget=None):
-    """A run of a backend's canvas (with a variant's edits) in a fresh process, under the profile with
-    --budget or `budget` (and the variant's profile overrides)."""
-    budget = budget or args.budget
+def our_job(args, backend, variant, index, out, budget):
+    """A run of a backend's canvas (with a variant's edits) in a fresh process, under the profile with `budget`
+    (and the variant's profile overrides)."""
     from common.summary import parse_summary
     canvas = (REPO / "backends" / backend / "train.py").read_text()
     group, overrides, env = backend, {}, dict(os.environ, PYTHONUNBUFFERED="1")

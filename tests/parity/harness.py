@@ -81,10 +81,11 @@ TRIM = 1e-3  # the fraction of element differences per array that trimmed_relati
 
 
 def load_trainer(name):
-    """backends/<name>/train.py as a module named <name>_train (every backend's file is called train.py)."""
-    module_name = f"{name}_train"
-    if module_name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(module_name, REPO / "backends" / name / "train.py")
+    """backends/<name>/train.py as a module named <name>_train (every backend's file is called train.py). A module
+    of that name loaded from another file (bench/anchor.load_canvas registers a variant's canvas so) is replaced."""
+    module_name, path = f"{name}_train", REPO / "backends" / name / "train.py"
+    if getattr(sys.modules.get(module_name), "__file__", None) != str(path):
+        spec = importlib.util.spec_from_file_location(module_name, path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[module_name] = module
         try:
