@@ -141,18 +141,18 @@ VARIANTS["max-autotune"] = Variant(
     edits=((COMPILE_REGIONS, COMPILE_REGIONS.replace("dynamic=False)",
                                                      'dynamic=False, mode="max-autotune-no-cudagraphs")')),))
 
-# Issue 11: the loss head's cross-entropy as logsumexp minus the target's logit, not F.cross_entropy. The same
-# math in float32; F.cross_entropy's backward (log_softmax's) sums over the vocabulary a second time, in a
-# reduction kernel (7.0 ms a step on an H200 with kernel tuning, docs/notes/cuda.md), where this one's
-# gradient, softmax - one-hot, is one elementwise kernel. The one-hot is a comparison with arange, not a gather
-# (inductor turns a gather's backward into a zero-filled (B, T, V) buffer and a scatter). Not yet on a GPU.
-VARIANTS["logsumexp-head"] = Variant(
-    "cross-entropy as logsumexp(logits) - the target's logit, its gradient elementwise (ours: F.cross_entropy)",
-    edits=(('        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)\n',
-            "        peak = logits.detach().amax(-1, keepdim=True)  # logsumexp does not depend on it: no gradient\n"
-            "        lse = (logits - peak).exp().sum(-1).log() + peak.squeeze(-1)\n"
-            "        hit = targets.unsqueeze(-1) == torch.arange(logits.size(-1), device=logits.device)\n"
-            "        return lse - (logits * hit).sum(-1)\n"),))
+# Issue 11: the loss head's cross-entropy as F.cross_entropy, the canvas's until 2026-11-30 (session 9). The same
+# math in float32; its backward (log_softmax's) sums over the vocabulary a second time, in a reduction kernel
+# (7.0 ms a step on an H200 with kernel tuning, docs/notes/cuda.md), where the canvas's logsumexp form has an
+# elementwise gradient, softmax - one-hot.
+LOGSUMEXP_HEAD = ("        peak = logits.detach().amax(-1, keepdim=True)  # logsumexp does not depend on it: no gradient\n"
+                  "        lse = (logits - peak).exp().sum(-1).log() + peak.squeeze(-1)\n"
+                  "        hit = targets.unsqueeze(-1) == torch.arange(logits.size(-1), device=logits.device)\n"
+                  "        return lse - (logits * hit).sum(-1)\n")
+VARIANTS["cross-entropy-head"] = Variant(
+    "the loss head's cross-entropy as F.cross_entropy, its backward a second reduction (ours: logsumexp - target)",
+    edits=((LOGSUMEXP_HEAD, '        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")'
+                            '.view(targets.shape)\n'),))
 
 # Polar Express op by op in bf16, each elementwise step rounded (the optimizer ran eagerly until 2026-11-30);
 # upstream's compiled Muon step fuses them and rounds once per kernel, as compile_optimizer now does.

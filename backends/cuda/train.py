@@ -197,7 +197,13 @@ class LMHead(nn.Linear):
         logits = 15 * torch.tanh(logits / 15)
         if targets is None:
             return logits
-        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
+        # logsumexp(logits) - the target's logit: F.cross_entropy's math, but its gradient (softmax - one-hot)
+        # is one elementwise kernel, where F.cross_entropy's backward reduces over the vocabulary again. The
+        # one-hot is a comparison, not a gather, whose backward inductor makes a zero-filled buffer and a scatter.
+        peak = logits.detach().amax(-1, keepdim=True)  # logsumexp does not depend on it: no gradient
+        lse = (logits - peak).exp().sum(-1).log() + peak.squeeze(-1)
+        hit = targets.unsqueeze(-1) == torch.arange(logits.size(-1), device=logits.device)
+        return lse - (logits * hit).sum(-1)
 
 
 class GPT(nn.Module):
