@@ -158,6 +158,7 @@ class Job:
     cwd: Path
     env: dict
     parse: object     # text -> summary dict
+    slot: int = None  # which of the listed GPUs must run it (side-by-side pairs swap GPUs); None = any
 
     @property
     def name(self):
@@ -254,17 +255,25 @@ def run_job(job, gpu, out, timeout):
 
 
 def run_all(jobs, gpus, out, deadline, timeout, progress=print):
-    """Each GPU takes the next job when it is free; a job that could not end before the deadline is skipped.
-    Returns the rows in job order."""
+    """Each GPU takes the next job when it is free (of those whose slot is its place in `gpus`, or that have
+    none); a job that could not end before the deadline is skipped. Returns the rows in job order."""
     t0, lock, rows, pending = time.time(), threading.Lock(), {}, list(jobs)
 
-    def worker(gpu):
+    def worker(k, gpu):  # the k-th listed GPU
         while True:
             with lock:
                 if not pending:
                     return
-                job = pending.pop(0)
-                late = deadline and time.time() - t0 + job.budget + 60 > deadline
+                mine = [j for j in pending if j.slot is None or j.slot % len(gpus) == k]
+                if not mine:  # only the other GPU's half of a pair is left: it takes it
+                    job = None
+                else:
+                    job = mine[0]
+                    pending.remove(job)
+                    late = deadline and time.time() - t0 + job.budget + 60 > deadline
+            if job is None:
+                time.sleep(1)
+                continue
             if late:
                 rows[job.name] = dict(name=job.name, group=job.group, budget=job.budget, index=job.index,
                                       gpu=gpu, error="skipped: would end after the deadline")
@@ -275,7 +284,7 @@ def run_all(jobs, gpus, out, deadline, timeout, progress=print):
             shown = f"val_bpb {row['val_bpb']:.4f}, {row['steps']} steps" if "val_bpb" in row else row["error"]
             progress(f"[{time.time() - t0:6.0f}s] gpu {gpu or '-'}: {job.name}: {shown}")
 
-    threads = [threading.Thread(target=worker, args=(g,)) for g in gpus]
+    threads = [threading.Thread(target=worker, args=(k, g)) for k, g in enumerate(gpus)]
     for t in threads:
         t.start()
     for t in threads:
@@ -391,13 +400,18 @@ def pooled_table(files):
 
 def plan(args, code, out, budget, repeat, variant_repeat):
     """The runs at `budget`: upstream's (from `code`, unless None) and our backend's interleaved, so that with two
-    GPUs they train side by side, then the --extra backends', then the variants'."""
+    GPUs they train side by side, then the --extra backends', then the variants'. The pairs swap GPUs from one
+    repeat to the next: two GPUs of one host can differ by a percent of speed (2026-11-30: our runs made 201-202
+    steps on one and 199 on the other), which would otherwise fall on one side of the comparison."""
     upstream_jobs = []
     if code:
         run_dir, env = prepare_upstream(code, args.data, out / "upstream", budget)
         upstream_jobs = [Job("upstream", budget, i + 1, [sys.executable, "train.py"], run_dir, env, parse_upstream)
                          for i in range(repeat)]
     ours = [our_job(args, args.backend, None, i + 1, out, budget) for i in range(repeat)]
+    if upstream_jobs:
+        for i, (theirs, mine) in enumerate(zip(upstream_jobs, ours)):
+            theirs.slot, mine.slot = i % 2, (i + 1) % 2
     jobs = [j for pair in zip(upstream_jobs or [None] * repeat, ours) for j in pair if j]
     for backend in args.extra:
         jobs += [our_job(args, backend, None, i + 1, out, budget) for i in range(repeat)]

@@ -1,5 +1,6 @@
 """bench/anchor.py and bench/ablations.py on the CPU: the parts that need no GPU and no upstream checkout."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -113,6 +114,25 @@ def test_one_table_over_the_results_of_two_calls(tmp_path):
     garbled = subprocess.run([sys.executable, "bench/anchor.py", "table", str(tmp_path / "log.txt")], cwd=REPO,
                              capture_output=True, text=True, timeout=60)
     assert garbled.returncode != 0 and "log.txt, line 1, is not JSON" in garbled.stderr
+
+
+def test_side_by_side_pairs_swap_gpus_from_one_repeat_to_the_next(tmp_path):
+    """Upstream and ours alternate between the two GPUs (each side gets both cards), and a job with no slot
+    (an --extra backend) goes to whichever GPU is free. Real processes; CUDA_VISIBLE_DEVICES is what each saw."""
+    code = "import os; print(f'gpu={os.environ[\"CUDA_VISIBLE_DEVICES\"]}')"
+    def job(group, index, slot):
+        return anchor.Job(group, 0.1, index, [sys.executable, "-c", code], tmp_path, dict(os.environ),
+                          lambda text: dict(num_steps=1, tokens_per_sec=1.0, mfu_percent=1.0, peak_vram_mb=1.0,
+                                            val_bpb=1.0, training_seconds=0.1, seen=text), slot)
+    jobs = [j for i in range(3) for j in (job("upstream", i + 1, i % 2), job("cuda", i + 1, (i + 1) % 2))]
+    jobs.append(job("jax", 1, None))
+    rows = anchor.run_all(jobs, ["3", "5"], tmp_path, None, timeout=60, progress=lambda line: None)
+    gpu = {r["name"]: r["gpu"] for r in rows}
+    assert [gpu[f"upstream_0.1s_{i}"] for i in (1, 2, 3)] == ["3", "5", "3"]
+    assert [gpu[f"cuda_0.1s_{i}"] for i in (1, 2, 3)] == ["5", "3", "5"]
+    assert gpu["jax_0.1s_1"] in ("3", "5") and len(rows) == 7
+    for r in rows:
+        assert f"gpu={r['gpu']}" in (tmp_path / "logs" / f"{r['name']}.log").read_text()
 
 
 def test_an_upstream_folder_without_its_files_is_a_clear_error(tmp_path):
