@@ -154,6 +154,16 @@ VARIANTS["cross-entropy-head"] = Variant(
     edits=((LOGSUMEXP_HEAD, '        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")'
                             '.view(targets.shape)\n'),))
 
+# Issue 11: the canvas's logsumexp with keepdim sums, the shape of inductor's online-softmax pattern
+# (amax(keepdim) -> sub -> exp -> sum(keepdim), fx_passes/post_grad.py), which F.cross_entropy's log_softmax
+# matches and the canvas's form does not: its forward is two passes over the logits (10.7 ms a step on an
+# H200 against F.cross_entropy's 7.25 ms one-pass kernel, 2026-11-30). Checked on the CPU only: with the
+# pattern's CUDA-only check lifted, this form's post-grad graph holds prepare_softmax_online, the canvas's not.
+VARIANTS["online-logsumexp-head"] = Variant(
+    "the loss head's logsumexp with keepdim sums, so inductor fuses max and sum in one online pass (ours: two)",
+    edits=(("        lse = (logits - peak).exp().sum(-1).log() + peak.squeeze(-1)\n",
+            "        lse = ((logits - peak).exp().sum(-1, keepdim=True).log() + peak).squeeze(-1)\n"),))
+
 # Polar Express op by op in bf16, each elementwise step rounded (the optimizer ran eagerly until 2026-11-30);
 # upstream's compiled Muon step fuses them and rounds once per kernel, as compile_optimizer now does.
 VARIANTS["eager-polar-express"] = Variant(

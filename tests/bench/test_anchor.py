@@ -28,13 +28,14 @@ def test_every_ablation_still_applies_to_its_canvas(name):
     compile(text, "train.py", "exec")
 
 
-def test_the_canvas_loss_head_computes_f_cross_entropy_and_its_gradients(tmp_path):
-    """The canvas's logsumexp head and the `cross-entropy-head` variant (F.cross_entropy) differ in the loss's
-    code, not its math: per-token losses and every gradient of a tiny model agree in float32 (the reductions
-    run in another order, so to rounding, not bit for bit)."""
+@pytest.mark.parametrize("name", ["cross-entropy-head", "online-logsumexp-head"])
+def test_the_loss_head_variants_compute_the_canvas_loss_and_gradients(tmp_path, name):
+    """The canvas's logsumexp head and its variants (F.cross_entropy; keepdim sums) differ in the loss's code,
+    not its math: per-token losses and every gradient of a tiny model agree in float32 (the reductions run in
+    another order, so to rounding, not bit for bit)."""
     import torch
-    path = tmp_path / "train_cross_entropy.py"
-    path.write_text(ablations.apply(ablations.VARIANTS["cross-entropy-head"], CANVAS))
+    path = tmp_path / f"train_{name.replace('-', '_')}.py"
+    path.write_text(ablations.apply(ablations.VARIANTS[name], CANVAS))
     plain, variant = anchor.load_canvas(REPO / "backends" / "cuda" / "train.py"), anchor.load_canvas(path)
     config = plain.tiny_config()
     tokens = torch.randint(0, config.vocab_size, (3, config.sequence_len + 1), generator=torch.Generator().manual_seed(0))
