@@ -264,14 +264,11 @@ def run_all(jobs, gpus, out, deadline, timeout, progress=print):
             with lock:
                 if not pending:
                     return
-                mine = [j for j in pending if j.slot is None or j.slot % len(gpus) == k]
-                if not mine:  # only the other GPU's half of a pair is left: it takes it
-                    job = None
-                else:
-                    job = mine[0]
+                job = next((j for j in pending if j.slot is None or j.slot % len(gpus) == k), None)
+                if job:
                     pending.remove(job)
                     late = deadline and time.time() - t0 + job.budget + 60 > deadline
-            if job is None:
+            if job is None:  # only the other GPUs' halves of pairs are left: they take them
                 time.sleep(1)
                 continue
             if late:
