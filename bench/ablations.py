@@ -26,7 +26,7 @@ MOMENTUM_BY_TIME = Variant(
 
 EPS_1E6 = Variant(
     "RMSNorm eps 1e-6 (upstream: the dtype's machine epsilon)",
-    edits=(("    return F.rms_norm(x, (x.size(-1),))  #", "    return F.rms_norm(x, (x.size(-1),), eps=1e-6)  #"),))
+    edits=(("F.rms_norm(x, (x.size(-1),))", "F.rms_norm(x, (x.size(-1),), eps=1e-6)"),))
 
 SHUFFLED_DATA = Variant(
     "training row groups shuffled every epoch (upstream: the files' order)",

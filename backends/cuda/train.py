@@ -64,7 +64,10 @@ class GPTConfig:
 
 
 def norm(x):
-    return F.rms_norm(x, (x.size(-1),))  # eps: float32's machine epsilon (bf16 is computed in float32), as upstream
+    # eps: float32's machine epsilon (bf16 is computed in float32), as upstream. The result keeps x's dtype: from
+    # torch 2.12, CUDA autocast runs rms_norm in float32 and returns float32 (pytorch/pytorch#188955), which would
+    # turn the bf16 residual stream and the queries and keys float32.
+    return F.rms_norm(x, (x.size(-1),)).to(x.dtype)
 
 
 def has_ve(i, n_layer):

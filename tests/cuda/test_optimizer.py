@@ -199,6 +199,17 @@ def test_norm_eps_is_float32s_machine_epsilon_for_float32_and_bf16(train):
     assert train.norm(tiny)[0, 0].item() == pytest.approx(1e-4 / (1e-8 + 2**-23) ** 0.5, rel=1e-5)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_norm_keeps_bf16_under_cuda_autocast(train):
+    """From torch 2.12, CUDA autocast runs rms_norm in float32 and returns float32 (pytorch/pytorch#188955); the
+    canvas's norm casts back, so the residual stream, the queries and the keys stay bf16, as with torch 2.11."""
+    x = torch.randn(4, 64, device="cuda", dtype=torch.bfloat16)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        y = train.norm(x)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), train.norm(x.float()), rtol=1e-2, atol=0)
+
+
 def test_initial_weights_are_upstreams_draws_for_the_seed(train):
     """build_model makes the model on the meta device and draws only init_weights' numbers, in upstream's
     order (wte, lm_head, then per block c_q, c_k, c_v, c_fc, then the value embeddings), so a seed gives
