@@ -164,6 +164,25 @@ VARIANTS["online-logsumexp-head"] = Variant(
     edits=(("        lse = (logits - peak).exp().sum(-1).log() + peak.squeeze(-1)\n",
             "        lse = ((logits - peak).exp().sum(-1, keepdim=True).log() + peak).squeeze(-1)\n"),))
 
+# Issue 11: the sliding windows through FlashAttention-2, which torch's CUDA build carries with its window option
+# (aten::_flash_attention_forward, differentiable, (B, T, H, hd) in and out), in place of FlexAttention, whose
+# windowed backward runs at about half of cuDNN's full-causal efficiency (docs/notes/cuda.md). The same
+# attention: query i sees keys i - w .. i, as FlashAttention's window_size=(w, 0) in upstream.
+FLEX_WINDOWS = ("    if q.is_cuda and T % 128 == 0:\n"
+                "        from torch.nn.attention.flex_attention import flex_attention\n"
+                "        return flex_attention(q, k, v, block_mask=sliding_block_mask(T, window, q.device))\n")
+VARIANTS["flash-window-attention"] = Variant(
+    "the sliding windows through torch's FlashAttention-2 with window_size_left (ours: FlexAttention)",
+    edits=((FLEX_WINDOWS,
+            "    if q.is_cuda:\n"
+            "        out = torch.ops.aten._flash_attention_forward(\n"
+            "            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), None, None, T, T, 0.0, True, False,\n"
+            "            window_size_left=window, window_size_right=0)[0]\n"
+            "        return out.transpose(1, 2)\n"),))
+VARIANTS["flash-window-online-head"] = Variant(
+    "flash-window-attention and online-logsumexp-head together",
+    edits=VARIANTS["flash-window-attention"].edits + VARIANTS["online-logsumexp-head"].edits)
+
 # Polar Express op by op in bf16, each elementwise step rounded (the optimizer ran eagerly until 2026-11-30);
 # upstream's compiled Muon step fuses them and rounds once per kernel, as compile_optimizer now does.
 VARIANTS["eager-polar-express"] = Variant(

@@ -2,11 +2,13 @@
 
     python bench/attention_gpu.py [--batch 128] [--heads 4] [--seq 2048] [--head-dim 128] [--reps 20]
     python bench/attention_gpu.py --tune [--shard 0/2]      # FlexAttention's kernel options, one by one
+    python bench/attention_gpu.py --variant flash-window-attention   # also a bench/ablations.py variant's windows
 
 Times (CUDA events, median of --reps after 3 warm-ups, compiled as in training) and checks against float64
 dense attention (on the first 2 sequences):
 - full causal: SDPA (cuDNN), the 'L' layers;
-- half window, flex: FlexAttention with the tile-built block mask, the 'S' layers.
+- half window, flex: FlexAttention with the tile-built block mask, the 'S' layers;
+- half window, each --variant: the attention() of the canvas with that variant's edits.
 (Commit 6d4e4b2 also timed HalfWindowAttention, the window as three causal cuDNN calls merged by log-sum-exp:
 docs/notes/cuda.md has why it left the canvas.)
 --tune times the windowed flex call under each entry of TUNE (Triton tile sizes, pipeline stages and warps for
@@ -19,6 +21,7 @@ dimension.
 import argparse
 import math
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -27,6 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+from ablations import VARIANTS, apply  # noqa: E402
 from anchor import load_canvas  # noqa: E402
 
 
@@ -118,6 +122,8 @@ def main():
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--tune", action="store_true", help="time the windowed flex call under each TUNE entry")
     parser.add_argument("--shard", default="0/1", help="i/n: with --tune, every n-th entry from the i-th")
+    parser.add_argument("--variant", action="append", default=[], choices=sorted(VARIANTS),
+                        help="also time the windows of the canvas with this variant's edits")
     args = parser.parse_args()
     train = load_canvas(REPO / "backends" / "cuda" / "train.py")
     B, H, T, D, w = args.batch, args.heads, args.seq, args.head_dim, args.seq // 2
@@ -134,6 +140,11 @@ def main():
         "full causal, SDPA (cuDNN)": (T, torch.compile(lambda q, k, v: train.attention(q, k, v, T))),
         "half window, flex": (w, torch.compile(lambda q, k, v: train.attention(q, k, v, w))),
     }
+    for name in args.variant:
+        path = Path(tempfile.gettempdir()) / f"attention_gpu_{name}.py"
+        path.write_text(apply(VARIANTS[name], (REPO / "backends" / "cuda" / "train.py").read_text()))
+        variant = load_canvas(path, backend=f"cuda_{name.replace('-', '_')}")
+        paths[f"half window, {name}"] = (w, torch.compile(lambda q, k, v, f=variant.attention: f(q, k, v, w)))
     small = [t.detach()[:2].requires_grad_() for t in (q, k, v)]
     for name, (window, fn) in paths.items():
         pairs = sum(min(i, window) + 1 for i in range(T))
