@@ -3,6 +3,7 @@
     python bench/attention_gpu.py [--batch 128] [--heads 4] [--seq 2048] [--head-dim 128] [--reps 20]
     python bench/attention_gpu.py --tune [--shard 0/2]      # FlexAttention's kernel options, one by one
     python bench/attention_gpu.py --variant flash-window-attention   # also a bench/ablations.py variant's windows
+    python bench/attention_gpu.py --jax [--implementation cudnn]      # the jax canvas's attention instead
 
 Times (CUDA events, median of --reps after 3 warm-ups, compiled as in training) and checks against float64
 dense attention (on the first 2 sequences):
@@ -14,14 +15,19 @@ docs/notes/cuda.md has why it left the canvas.)
 --tune times the windowed flex call under each entry of TUNE (Triton tile sizes, pipeline stages and warps for
 the forward and the backward, and two flags that keep the numerics), each compiled on its own; --shard i/n
 takes every n-th entry, so two GPUs can split the list. "default" is what torch picks by itself.
+--jax times the jax canvas's attention() instead, both calls, jitted (jax.nn.dot_product_attention with cuDNN, as
+the GPU trains, or --implementation xla): is cuDNN's sliding window as fast per unit of work as its full-causal
+kernel, where FlexAttention's runs at about half? (No float64 check there: docs/notes/jax.md has cuDNN's errors.)
 TFLOP/s counts the work inside the mask: 4 FLOPs forward and 10 backward per query-key pair, head and head
 dimension.
 """
 
 import argparse
 import math
+import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -113,6 +119,32 @@ def tune(train, q, k, v, grad, window, reps, shard):
               f"| {options or 'default'}", flush=True)
 
 
+def time_jax(args):
+    """The jax canvas's attention, full causal and half window: median ms of --reps jitted calls, forward and both."""
+    import jax
+    import jax.numpy as jnp
+    train = load_canvas(REPO / "backends" / "jax" / "train.py", backend="jax")
+    B, H, T, D, impl = args.batch, args.heads, args.seq, args.head_dim, args.implementation
+    print(f"{jax.devices()[0].device_kind} | jax {jax.__version__} | B {B}, H {H}, T {T}, hd {D}, bf16, {impl}")
+    q, k, v, g = (jax.random.normal(key, (B, T, H, D), jnp.bfloat16) for key in jax.random.split(jax.random.key(0), 4))
+    for name, window in (("full causal", T), ("half window", T // 2)):
+        def call(q, k, v, window=window):
+            return train.attention(q, k, v, window, impl)
+        times = {}
+        for what, fn in (("fwd", jax.jit(call)), ("both", jax.jit(lambda q, k, v: jax.vjp(call, q, k, v)[1](g)))):
+            for _ in range(3):
+                jax.block_until_ready(fn(q, k, v))
+            samples = []
+            for _ in range(args.reps):
+                t0 = time.perf_counter()
+                jax.block_until_ready(fn(q, k, v))
+                samples.append(1000 * (time.perf_counter() - t0))
+            times[what] = statistics.median(samples)
+        flops = 14 * sum(min(i, window) + 1 for i in range(T)) * D * B * H
+        print(f"{name:12s} fwd {times['fwd']:6.2f} ms | bwd {times['both'] - times['fwd']:6.2f} ms | "
+              f"fwd+bwd {times['both']:6.2f} ms {flops / times['both'] / 1e9:6.0f} TFLOP/s", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=128)
@@ -124,7 +156,11 @@ def main():
     parser.add_argument("--shard", default="0/1", help="i/n: with --tune, every n-th entry from the i-th")
     parser.add_argument("--variant", action="append", default=[], choices=sorted(VARIANTS),
                         help="also time the windows of the canvas with this variant's edits")
+    parser.add_argument("--jax", action="store_true", help="time the jax canvas's attention instead")
+    parser.add_argument("--implementation", default="cudnn", help="with --jax: jax.nn.dot_product_attention's")
     args = parser.parse_args()
+    if args.jax:
+        return time_jax(args)
     train = load_canvas(REPO / "backends" / "cuda" / "train.py")
     B, H, T, D, w = args.batch, args.heads, args.seq, args.head_dim, args.seq // 2
     dev = torch.device("cuda")
