@@ -103,6 +103,28 @@ VARIANTS["float32-between-blocks"] = Variant(
            ("        return x + self.mlp(norm(x))\n", "        return (x + self.mlp(norm(x))).float()\n"),
            ("        return norm(self.wte(idx))\n", "        return norm(self.wte(idx)).float()\n")))
 
+# Only the last block's output crosses into the head in float32: the head's gradient then reaches the last block
+# unrounded. blocks-one-graph (no boundaries between the blocks) kept none of the whole graph's per-step gain, so
+# what is left of it is at the embedding's and the head's boundaries; this one costs one boundary's float32
+# traffic, not eight.
+VARIANTS["float32-into-head"] = Variant(
+    "the last block's output passed to the compiled head in float32 (ours and upstream's: bf16)",
+    edits=(("        self.attn = CausalSelfAttention(config, layer_idx)\n",
+            "        self.attn = CausalSelfAttention(config, layer_idx)\n"
+            "        self.last = layer_idx == config.n_layer - 1\n"),
+           ("        return x + self.mlp(norm(x))\n",
+            "        x = x + self.mlp(norm(x))\n"
+            "        return x.float() if self.last else x\n")))
+
+# The other end: x0, the normalised embedding, leaves its compiled graph in float32 (the residual stream starts
+# as it, and every block reads it), so the sum of its gradients reaches the embedding's backward unrounded.
+VARIANTS["float32-from-embedding"] = Variant(
+    "the embedding's output x0 passed to the compiled blocks in float32 (ours and upstream's: bf16)",
+    edits=(("        return norm(self.wte(idx))\n", "        return norm(self.wte(idx)).float()\n"),
+           ("        x = resid_lambda * x + x0_lambda * x0  #",
+            "        x = (resid_lambda * x + x0_lambda * x0).to(torch.get_autocast_dtype(x.device.type) "
+            "if torch.is_autocast_enabled(x.device.type) else x.dtype)  #")))
+
 # Between the two: the embedding and the head compiled apart, the eight blocks as one graph, so the sums across
 # blocks (x0's gradients, the residual stream's) are fused as in upstream's graph. Which part of the whole graph
 # costs its 2.4 % of step time (docs/notes/cuda.md), and whether the blocks' graph alone has its per-step gain.
