@@ -172,17 +172,19 @@ def main():
     train.sliding_block_mask(T, w, dev)  # built before torch.compile traces attention, as build_model does
     if args.tune:
         return tune(train, q, k, v, grad, w, args.reps, tuple(int(x) for x in args.shard.split("/")))
-    paths = {
-        "full causal, SDPA (cuDNN)": (T, torch.compile(lambda q, k, v: train.attention(q, k, v, T))),
-        "half window, flex": (w, torch.compile(lambda q, k, v: train.attention(q, k, v, w))),
+    paths = {  # name: (window, compiled call, the canvas's attention for the window probe)
+        "full causal, SDPA (cuDNN)": (T, torch.compile(lambda q, k, v: train.attention(q, k, v, T)), None),
+        "half window, flex": (w, torch.compile(lambda q, k, v: train.attention(q, k, v, w)), train.attention),
     }
     for name in args.variant:
         path = Path(tempfile.gettempdir()) / f"attention_gpu_{name}.py"
         path.write_text(apply(VARIANTS[name], (REPO / "backends" / "cuda" / "train.py").read_text()))
         variant = load_canvas(path, backend=f"cuda_{name.replace('-', '_')}")
-        paths[f"half window, {name}"] = (w, torch.compile(lambda q, k, v, f=variant.attention: f(q, k, v, w)))
+        variant.build_model(variant.tiny_config(), dev)  # what build_model prepares for attention (ops, masks)
+        paths[f"half window, {name}"] = (w, torch.compile(lambda q, k, v, f=variant.attention: f(q, k, v, w)),
+                                         variant.attention)
     small = [t.detach()[:2].requires_grad_() for t in (q, k, v)]
-    for name, (window, fn) in paths.items():
+    for name, (window, fn, attention) in paths.items():
         pairs = sum(min(i, window) + 1 for i in range(T))
         flops = 14 * pairs * D * B * H
         fwd = time_ms(lambda: fn(q, k, v), args.reps)
@@ -196,6 +198,20 @@ def main():
         print(f"{name:28s} fwd {fwd:6.2f} ms | bwd {both - fwd:6.2f} ms | fwd+bwd {both:6.2f} ms "
               f"{flops / both / 1e9:6.0f} TFLOP/s | rel err out {errs[0]:.1e}, dq {errs[1]:.1e}, dk {errs[2]:.1e}, "
               f"dv {errs[3]:.1e}", flush=True)
+        if attention is not None:
+            window_probe(attention, D, dev)
+
+
+def window_probe(attention, head_dim, dev, T=256, window=16):
+    """A window off by one key is lost in bf16 noise at w = 1024; at w = 16 it is one key in 17. The path's
+    output (eager, w = 16) against float64 attention with windows of 15, 16 and 17 keys back: the smallest error
+    must be at 16."""
+    q, k, v = [torch.randn(2, T, 2, head_dim, device=dev, dtype=torch.bfloat16).transpose(1, 2) for _ in range(3)]
+    out = attention(q, k, v, window).double()
+    errs = [((out - dense(q, k, v, w)).norm() / dense(q, k, v, w).norm()).item() for w in (window - 1, window, window + 1)]
+    verdict = "ok" if errs[1] < min(errs[0], errs[2]) else "WRONG WINDOW"
+    print(f"{'':28s} window probe (w {window}): rel err against w-1 {errs[0]:.1e}, w {errs[1]:.1e}, w+1 {errs[2]:.1e}: "
+          f"{verdict}", flush=True)
 
 
 if __name__ == "__main__":
