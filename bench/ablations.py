@@ -95,13 +95,15 @@ VARIANTS["whole-model-graph"] = Variant(
 # The residual stream handed between the compiled regions in float32 (x0 too), each block rounding its mix to
 # bf16 once: no bf16 rounding at the region boundaries, forward or backward, and the blocks' x0 gradients summed
 # in float32 (regional compilation otherwise rounds there, where upstream's whole graph fuses across blocks).
+X0_IN_FLOAT32 = ("        return norm(self.wte(idx))\n", "        return norm(self.wte(idx)).float()\n")
+MIX_ROUNDED_ONCE = ("        x = resid_lambda * x + x0_lambda * x0  #",  # a float32 stream or x0 back to bf16 in the block
+                    "        x = (resid_lambda * x + x0_lambda * x0).to(torch.get_autocast_dtype(x.device.type) "
+                    "if torch.is_autocast_enabled(x.device.type) else x.dtype)  #")
 VARIANTS["float32-between-blocks"] = Variant(
     "the residual stream and x0 passed between the compiled blocks in float32 (ours and upstream's: bf16)",
-    edits=(("        x = resid_lambda * x + x0_lambda * x0  #",
-            "        x = (resid_lambda * x + x0_lambda * x0).to(torch.get_autocast_dtype(x.device.type) "
-            "if torch.is_autocast_enabled(x.device.type) else x.dtype)  #"),
+    edits=(MIX_ROUNDED_ONCE,
            ("        return x + self.mlp(norm(x))\n", "        return (x + self.mlp(norm(x))).float()\n"),
-           ("        return norm(self.wte(idx))\n", "        return norm(self.wte(idx)).float()\n")))
+           X0_IN_FLOAT32))
 
 # Only the last block's output crosses into the head in float32: the head's gradient then reaches the last block
 # unrounded. blocks-one-graph (no boundaries between the blocks) kept none of the whole graph's per-step gain, so
@@ -120,10 +122,7 @@ VARIANTS["float32-into-head"] = Variant(
 # as it, and every block reads it), so the sum of its gradients reaches the embedding's backward unrounded.
 VARIANTS["float32-from-embedding"] = Variant(
     "the embedding's output x0 passed to the compiled blocks in float32 (ours and upstream's: bf16)",
-    edits=(("        return norm(self.wte(idx))\n", "        return norm(self.wte(idx)).float()\n"),
-           ("        x = resid_lambda * x + x0_lambda * x0  #",
-            "        x = (resid_lambda * x + x0_lambda * x0).to(torch.get_autocast_dtype(x.device.type) "
-            "if torch.is_autocast_enabled(x.device.type) else x.dtype)  #")))
+    edits=(X0_IN_FLOAT32, MIX_ROUNDED_ONCE))
 
 # Between the two: the embedding and the head compiled apart, the eight blocks as one graph, so the sums across
 # blocks (x0's gradients, the residual stream's) are fused as in upstream's graph. Which part of the whole graph
