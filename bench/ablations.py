@@ -204,20 +204,14 @@ VARIANTS["flash-window-online-head"] = Variant(
     "flash-window-attention and online-logsumexp-head together",
     edits=VARIANTS["flash-window-attention"].edits + VARIANTS["online-logsumexp-head"].edits)
 
-# Issue 11: the sliding windows through cuDNN's attention with a diagonal band, from NVIDIA's cuDNN frontend
-# (pip nvidia-cudnn-frontend, imported without its CuTe DSL dependencies): torch.ops.cudnn.sdpa_fwd, a torch
-# custom op with a fake implementation and a backward, so torch.compile treats it as one opaque kernel. The jax
-# backend reaches the same cuDNN kernels through jax.nn.dot_product_attention(local_window_size=...). cuDNN's
-# left bound counts the visible keys including the query's own, so a window of w keys back is w + 1.
+# Issue 11: the sliding windows through cuDNN's attention with a diagonal band (the canvas's WINDOW_KERNEL =
+# "cudnn"), from NVIDIA's cuDNN frontend (pip nvidia-cudnn-frontend): torch.ops.cudnn.sdpa_fwd, a torch custom
+# op with a fake implementation and a backward, so torch.compile treats it as one opaque kernel. The jax backend
+# reaches the same cuDNN kernels through jax.nn.dot_product_attention(local_window_size=...). On an H200 a 5 %
+# faster step than FlexAttention's (2026-11-30, docs/notes/cuda.md); not yet the default, fidelity.md section 16.
 VARIANTS["cudnn-window-attention"] = Variant(
-    "the sliding windows through cuDNN's banded attention (nvidia-cudnn-frontend's torch op; ours: FlexAttention)",
-    edits=((FLEX_WINDOWS,
-            "    if q.is_cuda:\n"
-            "        return torch.ops.cudnn.sdpa_fwd(q, k, v, q.size(-1) ** -0.5, is_causal=True, window_left=window + 1,\n"
-            "                                        window_right=0, return_lse=True)[0]\n"),
-           ("        for w in set(model.windows):\n",
-            "        import cudnn.sdpa.fwd.torch_op  # noqa: F401  (registers torch.ops.cudnn.sdpa_fwd)\n"
-            "        for w in set(model.windows):\n")))
+    "the sliding windows through cuDNN's banded attention (WINDOW_KERNEL = 'cudnn'; ours: FlexAttention)",
+    edits=(('WINDOW_KERNEL = "flex"', 'WINDOW_KERNEL = "cudnn"'),))
 
 # Polar Express op by op in bf16, each elementwise step rounded (the optimizer ran eagerly until 2026-11-30);
 # upstream's compiled Muon step fuses them and rounds once per kernel, as compile_optimizer now does.

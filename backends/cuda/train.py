@@ -1,11 +1,11 @@
 """The reference trainer (BACKEND=cuda): a small GPT trained for a fixed wall-clock budget, then scored in
 validation bits per byte. One file, read top to bottom: model, optimizer, hyperparameters, training loop.
 
-Runs on an NVIDIA GPU (bf16 autocast, torch.compile per block, FlexAttention for sliding windows, Polar Express
-in bf16, compiled) and on a CPU or Apple GPU (float32 throughout, SDPA with an explicit mask: the same numbers;
-compiled on a CPU only for budgets of a minute or more). Importing this file does no work; main() runs under
-__main__, so tests and the parity harness can build the model (build_model, tiny_config) and take single steps
-(build_optimizer, train_step), exchanging weights through export_weights / import_weights.
+Runs on an NVIDIA GPU (bf16 autocast, torch.compile per block, FlexAttention or cuDNN for sliding windows,
+Polar Express in bf16, compiled) and on a CPU or Apple GPU (float32 throughout, SDPA with an explicit mask: the
+same numbers; compiled on a CPU only for budgets of a minute or more). Importing this file does no work; main()
+runs under __main__, so tests and the parity harness can build the model (build_model, tiny_config) and take
+single steps (build_optimizer, train_step), exchanging weights through export_weights / import_weights.
 
 Parameter names (model.state_dict() keys) are the exchange format between backends. L = n_layer,
 D = n_embd, H = n_head, V = vocab_size, VE = the layers with value embeddings (i % 2 == (L - 1) % 2: every
@@ -46,7 +46,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.errors import run_cli
+from common.errors import ContractError, run_cli
 
 # ---------------------------------------------------------------------------
 # Model
@@ -132,6 +132,9 @@ def attention(q, k, v, window):
     T = q.size(2)
     if window >= T:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    if q.is_cuda and WINDOW_KERNEL == "cudnn":  # cuDNN's window_left counts the query's own key too
+        return torch.ops.cudnn.sdpa_fwd(q, k, v, q.size(-1) ** -0.5, is_causal=True, window_left=window + 1,
+                                        window_right=0, return_lse=True)[0]
     if q.is_cuda and T % 128 == 0:
         from torch.nn.attention.flex_attention import flex_attention
         return flex_attention(q, k, v, block_mask=sliding_block_mask(T, window, q.device))
@@ -380,6 +383,8 @@ DEPTH = None               # transformer layers (profile: h100 8, gpu 6, apple 4
 ASPECT_RATIO = 64          # model_dim = DEPTH * ASPECT_RATIO, rounded up to a multiple of HEAD_DIM
 HEAD_DIM = 128             # attention head dimension
 WINDOW_PATTERN = "SSSL"    # per-layer attention window: L = full context, S = half; the last layer is always L
+WINDOW_KERNEL = "flex"     # the windows on a GPU: "flex" (FlexAttention) or "cudnn" (cuDNN's banded kernel, from
+                           # pip's nvidia-cudnn-frontend: a 5 % faster step on an H200, docs/notes/cuda.md)
 
 # Batch
 TOTAL_BATCH_SIZE = None    # tokens per optimizer step (profile: h100 2**19)
@@ -419,6 +424,17 @@ def build_model(config, device="cpu", seed=SEED):
     only random draws are init_weights' (on CUDA: upstream's weights for the same seed). On CUDA the
     embeddings are bf16, as upstream (halves their traffic)."""
     device = torch.device(device)
+    if WINDOW_KERNEL not in ("flex", "cudnn"):
+        raise ContractError(f"WINDOW_KERNEL = {WINDOW_KERNEL!r} is not a window kernel this trainer has. Set it to "
+                            "'flex' (FlexAttention, the default) or 'cudnn' (cuDNN's banded attention).")
+    if device.type == "cuda" and WINDOW_KERNEL == "cudnn":
+        try:
+            import cudnn.sdpa.fwd.torch_op  # noqa: F401  (registers torch.ops.cudnn.sdpa_fwd and its backward)
+        except ImportError as e:
+            raise ContractError("WINDOW_KERNEL = 'cudnn' needs NVIDIA's cuDNN frontend, which is not installed "
+                                f"({e}). Install it into the environment that runs this file, `pip install "
+                                "nvidia-cudnn-frontend==1.32.0` (the project's `cudnn` extra), or set WINDOW_KERNEL = "
+                                "'flex' to use FlexAttention.") from e
     torch.manual_seed(seed)
     with torch.device("meta"):
         model = GPT(config)
@@ -428,7 +444,7 @@ def build_model(config, device="cpu", seed=SEED):
         model.wte.to(torch.bfloat16)
         model.value_embeds.to(torch.bfloat16)
         for w in set(model.windows):
-            if w < config.sequence_len and config.sequence_len % 128 == 0:
+            if w < config.sequence_len and config.sequence_len % 128 == 0 and WINDOW_KERNEL == "flex":
                 sliding_block_mask(config.sequence_len, w, device)  # before torch.compile traces attention
     return model
 

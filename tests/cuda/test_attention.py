@@ -91,13 +91,51 @@ def test_flex_block_mask_matches_dense_forward_on_cpu(train):
 def test_flex_path_matches_dense_on_cuda(train, window):
     """The path training takes on a GPU (compiled FlexAttention), forward and backward, in float32."""
     torch.backends.cuda.matmul.allow_tf32 = False
-    q, k, v = qkv(B=2, H=4, T=2048, D=64, device="cuda")
+    compiled_against_dense(train, qkv(B=2, H=4, T=2048, D=64, device="cuda"), window, tolerance=1e-4)
+
+
+def compiled_against_dense(train, qkv, window, tolerance):
+    """train.attention compiled, as training runs it, forward and backward against float64; returns its output."""
+    q, k, v = qkv
     out = torch.compile(train.attention, fullgraph=True)(q, k, v, window)
     grad_out = torch.randn_like(out)
     grads = torch.autograd.grad(out, (q, k, v), grad_out)
     qr, kr, vr = [t.detach().double().requires_grad_() for t in (q, k, v)]
     ref = dense_reference(qr, kr, vr, window)
     ref_grads = torch.autograd.grad(ref, (qr, kr, vr), grad_out.double())
-    assert rel_err(out, ref) < 1e-4
+    assert rel_err(out, ref) < tolerance
     for name, g, r in zip("qkv", grads, ref_grads):
-        assert rel_err(g, r) < 1e-4, f"d{name}"
+        assert rel_err(g, r) < tolerance, f"d{name}"
+    return out
+
+
+def test_window_kernel_must_be_one_the_trainer_has(train, monkeypatch):
+    from common.errors import ContractError
+    monkeypatch.setattr(train, "WINDOW_KERNEL", "cudnnn")
+    with pytest.raises(ContractError, match="'flex'.*'cudnn'"):
+        train.build_model(train.tiny_config(), "cpu")
+
+
+def test_cudnn_window_kernel_leaves_the_cpu_path_alone(train, monkeypatch):
+    """WINDOW_KERNEL = "cudnn" is a GPU kernel: on a CPU the model builds without the cuDNN frontend and computes
+    what it computes with "flex"."""
+    tokens = torch.randint(0, 512, (2, 32), generator=torch.Generator().manual_seed(0))
+    flex = train.build_model(train.tiny_config(), "cpu", seed=3)(tokens, tokens)
+    monkeypatch.setattr(train, "WINDOW_KERNEL", "cudnn")
+    assert torch.equal(train.build_model(train.tiny_config(), "cpu", seed=3)(tokens, tokens), flex)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("window", [16, 100, 1024])
+def test_cudnn_path_matches_dense_on_cuda(train, monkeypatch, window):
+    """WINDOW_KERNEL = "cudnn" (bf16: cuDNN has no float32 attention), compiled as training runs it, against float64,
+    and the window exactly w keys back: one key more or less is an error 100 times larger at w = 16."""
+    pytest.importorskip("cudnn", reason="WINDOW_KERNEL = 'cudnn' needs nvidia-cudnn-frontend (pip install -e '.[cudnn]')")
+    monkeypatch.setattr(train, "WINDOW_KERNEL", "cudnn")
+    train.build_model(train.tiny_config(), "cuda")  # imports the frontend, which registers the op
+    q, k, v = [t.detach().bfloat16().requires_grad_() for t in qkv(B=2, H=4, T=2048, D=128, device="cuda")]
+    out = compiled_against_dense(train, (q, k, v), window, tolerance=1e-2)
+    if window == 16:
+        near = rel_err(out, dense_reference(q, k, v, window))
+        for other in (window - 1, window + 1):
+            assert rel_err(out, dense_reference(q, k, v, other)) > 10 * near, f"window {other}"

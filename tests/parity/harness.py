@@ -97,7 +97,8 @@ def load_trainer(name):
 
 
 # Constants that set how fast one backend runs, not what it computes: no other backend has them.
-SPEED_ONLY = {"TUNE_KERNELS"}  # cuda: inductor's coordinate-descent tuning of its kernels' block sizes
+SPEED_ONLY = {"TUNE_KERNELS",   # cuda: inductor's coordinate-descent tuning of its kernels' block sizes
+              "WINDOW_KERNEL"}  # cuda: FlexAttention or cuDNN for the sliding windows on a GPU
 
 
 def hyperparameters(module):
