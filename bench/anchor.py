@@ -21,8 +21,8 @@ results.jsonl and anchor.md (the table) are written to --out.
 Columns: steps; tokens/s over the timed steps; MFU (upstream's and ours both divide by 989.5 TFLOP/s on an
 H100 or H200); peak GPU memory; val_bpb; total - training = process wall time not spent training (start-up,
 compilation, untimed steps, evaluation). Then per group: mean and sd of val_bpb, the difference to upstream's
-mean, and the difference at equal steps (equal_step_fit: the step count follows the host, and a step is worth
-about 0.0005 at 60 s).
+mean and to cuda's (each also in units of that group's sd), and the difference at equal steps (equal_step_fit:
+the step count follows the host, and a step is worth about 0.0005 at 60 s).
 
     python bench/anchor.py table runs/a/results.jsonl runs/b/results.jsonl   # one table over several calls
 """
@@ -338,6 +338,15 @@ def equal_step_fit(rows):
     return fits
 
 
+def difference(mean, reference):
+    """mean minus the reference runs' mean, and in units of their sd (issue 10 reads 'within 2 sd' so)."""
+    if not reference:
+        return ""
+    ref_mean = statistics.fmean(reference)
+    ref_sd = statistics.stdev(reference) if len(reference) > 1 else 0.0
+    return f"{mean - ref_mean:+.4f}" + (f" ({(mean - ref_mean) / ref_sd:+.1f} sd)" if ref_sd > 0 else "")
+
+
 def table(rows, heading):
     lines = [heading, "",
              "| run | GPU | steps | tokens/s | MFU % | peak GB | val_bpb | total - training s |",
@@ -353,20 +362,17 @@ def table(rows, heading):
         if "val_bpb" in r:
             groups.setdefault((r["group"], r["budget"]), []).append(r["val_bpb"])
     fits = equal_step_fit(rows)
-    lines += ["", "| group | budget s | runs | val_bpb mean | sd | vs upstream | at equal steps |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
+    lines += ["", "| group | budget s | runs | val_bpb mean | sd | vs upstream | vs cuda | at equal steps |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for (group, budget), values in groups.items():
         mean = statistics.fmean(values)
         sd = statistics.stdev(values) if len(values) > 1 else float("nan")
-        up = groups.get(("upstream", budget))
-        vs = ""
-        if up and group != "upstream":
-            up_sd = statistics.stdev(up) if len(up) > 1 else float("nan")
-            vs = f"{mean - statistics.fmean(up):+.4f}" + (f" ({(mean - statistics.fmean(up)) / up_sd:+.1f} sd)"
-                                                          if up_sd == up_sd and up_sd > 0 else "")
+        vs = {ref: difference(mean, groups.get((ref, budget))) if group not in ("upstream", ref) else ""
+              for ref in ("upstream", "cuda")}
         diff = fits.get(budget, (0, 0, 0, {}))[3].get(group)
         at_equal = f"{diff[0]:+.4f} ± {diff[1]:.4f}" if diff else ""
-        lines.append(f"| {group} | {budget:g} | {len(values)} | {mean:.4f} | {sd:.4f} | {vs} | {at_equal} |")
+        lines.append(f"| {group} | {budget:g} | {len(values)} | {mean:.4f} | {sd:.4f} | {vs['upstream']} | "
+                     f"{vs['cuda']} | {at_equal} |")
     for budget, (slope, resid_sd, n, _) in fits.items():
         lines.append(f"\nAt equal steps ({budget:g} s): one line per group with a common slope, {slope:+.5f} val_bpb "
                      f"per step, fitted over {n} runs (residual sd {resid_sd:.5f}).")

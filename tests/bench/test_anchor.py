@@ -1,6 +1,7 @@
 """bench/anchor.py and bench/ablations.py on the CPU: the parts that need no GPU and no upstream checkout."""
 
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -88,6 +89,19 @@ def test_the_equal_step_fit_separates_speed_from_what_a_step_is_worth():
     text = anchor.table(rows, "heading")
     assert "| cuda | 60 | 3 |" in text and f"{diffs['cuda'][0]:+.4f} ± " in text
     assert f"common slope, {slope:+.5f} val_bpb per step, fitted over 6 runs" in text
+
+
+def test_the_table_reads_jax_against_cuda_in_cudas_sd():
+    """Issue 10 asks for jax within 2 sd of cuda: the summary gives jax's difference to cuda's mean, and in
+    units of cuda's sd; upstream and cuda themselves get no such entry."""
+    rows = (runs_on_a_line("upstream", 0.0, [200, 200, 200]) + runs_on_a_line("cuda", 0.0, [200, 200, 200])
+            + runs_on_a_line("jax", 0.0010, [200, 200, 200]))
+    cuda = [r["val_bpb"] for r in rows if r["group"] == "cuda"]
+    jax = [r["val_bpb"] for r in rows if r["group"] == "jax"]
+    diff = sum(jax) / 3 - sum(cuda) / 3
+    lines = {line.split(" | ")[0]: line for line in anchor.table(rows, "heading").splitlines() if line.startswith("| ")}
+    assert f"| {diff:+.4f} ({diff / statistics.stdev(cuda):+.1f} sd) |" in lines["| jax"]
+    assert lines["| cuda"].split(" | ")[6] == "" and lines["| upstream"].split(" | ")[5:7] == ["", ""]
 
 
 def test_no_fit_where_the_slope_cannot_be_told_from_the_groups():
