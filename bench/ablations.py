@@ -252,6 +252,14 @@ VARIANTS["jax-scalars-from-upstream-init"] = Variant(
     edits=JAX_UPSTREAM_SCALARS)
 
 
+# What jax computed until 2026-11-30 (twelfth session): its embeddings stored in float32 on the GPU, where the
+# reference and upstream store them in bf16 (and their Adam moments with them), so that late small updates
+# round away there and not in jax.
+VARIANTS["jax-float32-embeddings"] = Variant(
+    "jax with wte and value_embeds stored in float32 on the GPU (the reference and upstream: bf16)", backend="jax",
+    edits=(("    if gpu:\n        store_embeddings(model, jnp.bfloat16)\n", ""),))
+
+
 # Issue 11: jax's plain loss head, whole (B, T, V) float32 logits (the default before LOSS_CHUNKS = 8).
 VARIANTS["jax-plain-head"] = Variant(
     "jax with LOSS_CHUNKS = 1: the loss and its gradient over whole (B, T, V) logits (the default chunks in 8)",

@@ -6,14 +6,13 @@ reference name (the list of names and shapes, and the numerical conventions, are
 Training is functional: the parameters travel as a flat dict {reference name: array}, which is also the
 cross-backend exchange format, and are merged into the module inside the jitted step. The optimizer is
 MuonAdamW written as Optax transforms (optax.contrib.muon differs in its numerics): optax.partition over the
-reference's groups, AdamW from optax.scale_by_adam, Muon (Polar Express, NorMuon, cautious weight decay) as its
-own transform. Schedules follow training-time progress; the host computes them each step, as the reference does.
+reference's groups, AdamW and Muon (Polar Express, NorMuon, cautious weight decay) as their
+own transforms. Schedules follow training-time progress; the host computes them each step, as the reference does.
 
 On an NVIDIA GPU: bf16 compute over float32 weights (as autocast), cuDNN attention with sliding windows,
-Polar Express in bf16. One difference from the reference there: it stores wte and value_embeds in bf16
-(upstream's choice, to halve their traffic); here every weight stays float32 and embeddings are cast after the
-lookup (a gather of B x T rows, little traffic either way). On a CPU: float32 and XLA attention with the same
-window mask, which gives the reference's numbers (tests/parity). Importing this file does no work; main() runs
+Polar Express in bf16, and wte and value_embeds stored in bf16 as the reference stores them (upstream's choice),
+their AdamW step computed in float32 and rounded once into each stored tensor. On a CPU: float32 and XLA
+attention with the same window mask, which gives the reference's numbers (tests/parity). Importing this file does no work; main() runs
 under __main__, so tests and the parity harness can build the model and take steps.
 """
 
@@ -108,7 +107,9 @@ class Embedding(nnx.Module):
         self.weight = nnx.Param(jnp.zeros((num_embeddings, dim), jnp.float32))
 
     def __call__(self, idx):
-        return jnp.take(self.weight[...], idx, axis=0)
+        # Gathered from a float32 view, so that the backward's scatter-add sums in float32 and rounds once into a
+        # bf16 table's gradient (torch's embedding backward does the same); the values are the table's.
+        return jnp.take(self.weight[...].astype(jnp.float32), idx, axis=0)
 
 
 class CausalSelfAttention(nnx.Module):
@@ -386,19 +387,40 @@ def muon(lr, beta2, weight_decay, ortho_dtype=jnp.float32):
     return optax.GradientTransformationExtraArgs(init, update)
 
 
-def scale_by_scheduled_lr(lr):
-    """Multiply updates by -lr * lr_mult, lr_mult given per step."""
-
-    def update(updates, state, params=None, *, lr_mult, **_):
-        return jax.tree.map(lambda u: -lr * lr_mult * u, updates), state
-
-    return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update)
+class AdamState(NamedTuple):
+    count: jax.Array
+    exp_avg: dict
+    exp_avg_sq: dict
 
 
 def adamw(lr, b1, b2, eps, weight_decay):
-    """The reference's adamw_update: bias-corrected Adam, decoupled weight decay, lr x schedule."""
-    return optax.chain(optax.scale_by_adam(b1, b2, eps=eps), optax.add_decayed_weights(weight_decay),
-                       scale_by_scheduled_lr(lr))
+    """The reference's adamw_update: bias-corrected Adam, decoupled weight decay, lr x lr_mult. The moments are
+    stored in each weight's dtype and the step is computed in float32, rounding once into each stored tensor
+    (the GPU's bf16 embeddings; op-by-op bf16 arithmetic would round every intermediate). Returns the weights'
+    change, which optax.apply_updates adds and rounds."""
+
+    def init(params):
+        return AdamState(jnp.zeros([], jnp.int32), jax.tree.map(jnp.zeros_like, params),
+                         jax.tree.map(jnp.zeros_like, params))
+
+    def update(grads, state, params, *, lr_mult, **_):
+        count = state.count + 1
+        step_lr = lr * lr_mult
+
+        def one(g, m, v, p):
+            g, m32, v32, p32 = (a.astype(jnp.float32) for a in (g, m, v, p))
+            m32 = lerp(m32, g, 1 - b1)
+            v32 = lerp(v32, jnp.square(g), 1 - b2)
+            new_p = p32 * (1 - step_lr * weight_decay) - step_lr / (1 - b1 ** count) * m32 / (
+                jnp.sqrt(v32 / (1 - b2 ** count)) + eps)
+            return new_p - p32, m32.astype(m.dtype), v32.astype(v.dtype)
+
+        treedef = jax.tree.structure(grads)
+        leaves = zip(*(jax.tree.leaves(t) for t in (grads, state.exp_avg, state.exp_avg_sq, params)))
+        updates, exp_avg, exp_avg_sq = (treedef.unflatten(list(t)) for t in zip(*(one(*x) for x in leaves)))
+        return updates, AdamState(count, exp_avg, exp_avg_sq)
+
+    return optax.GradientTransformationExtraArgs(init, update)
 
 
 def param_group(name, shape):
@@ -454,11 +476,20 @@ def on_gpu():
 
 
 def build_model(config, seed=SEED, gpu=None):
-    """An initialised GPT. On a GPU it computes in bf16 with cuDNN attention; on a CPU in float32 with XLA's."""
+    """An initialised GPT. On a GPU it computes in bf16 with cuDNN attention and stores the embeddings in bf16,
+    as the reference; on a CPU it is float32 throughout, with XLA's attention."""
     gpu = on_gpu() if gpu is None else gpu
     model = GPT(config, jnp.bfloat16 if gpu else jnp.float32, "cudnn" if gpu else "xla")
     model.init_weights(jax.random.key(seed))
+    if gpu:
+        store_embeddings(model, jnp.bfloat16)
     return model
+
+
+def store_embeddings(model, dtype):
+    """Store wte and value_embeds in dtype (the reference's GPU model keeps them in bf16)."""
+    for table in (model.wte, *model.value_embeds.values()):
+        table.weight = nnx.Param(table.weight[...].astype(dtype))
 
 
 def build_optimizer(params, matrix_lr=MATRIX_LR, embedding_lr=EMBEDDING_LR, unembedding_lr=UNEMBEDDING_LR,
@@ -468,7 +499,7 @@ def build_optimizer(params, matrix_lr=MATRIX_LR, embedding_lr=EMBEDDING_LR, unem
     of one reuses the compiled programs (XLA's persistent cache, see main)."""
     scale = (params["wte.weight"].shape[1] / 768) ** -0.5  # AdamW LRs were tuned at model_dim 768
     adam = dict(b1=adam_betas[0], b2=adam_betas[1], eps=1e-10, weight_decay=0.0)
-    adamw_ = optax.inject_hyperparams(adamw)
+    adamw_ = optax.inject_hyperparams(adamw, hyperparam_dtype=jnp.float32)  # else bf16 for bf16 weights
     groups = {
         "lm_head": adamw_(lr=unembedding_lr * scale, **adam),
         "wte": adamw_(lr=embedding_lr * scale, **adam),
@@ -476,7 +507,7 @@ def build_optimizer(params, matrix_lr=MATRIX_LR, embedding_lr=EMBEDDING_LR, unem
         "resid_lambdas": adamw_(lr=scalar_lr * 0.01, **adam),
         "x0_lambdas": adamw_(lr=scalar_lr, **dict(adam, b1=0.96, b2=0.95)),
     }
-    muon_ = optax.inject_hyperparams(muon, static_args=("ortho_dtype",))
+    muon_ = optax.inject_hyperparams(muon, static_args=("ortho_dtype",), hyperparam_dtype=jnp.float32)
     labels = {name: param_group(name, p.shape) for name, p in params.items()}
     for label in sorted(set(labels.values()) - set(groups)):
         groups[label] = muon_(lr=matrix_lr, beta2=0.95, weight_decay=weight_decay, ortho_dtype=ortho_dtype)

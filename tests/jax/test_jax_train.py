@@ -218,3 +218,68 @@ def test_the_chunked_loss_is_the_plain_loss_and_gradient(train, monkeypatch):
     bf16_plain, bf16_chunked = value_and_grad(jnp.bfloat16, 1)[1], value_and_grad(jnp.bfloat16, 2)[1]
     for name in plain_grads:
         assert error(bf16_chunked, name) <= 1.25 * error(bf16_plain, name) + 1e-3, name
+
+
+def test_embedding_gradients_sum_in_float32_into_a_bf16_table(train):
+    """On a GPU the embedding tables are bf16 (store_embeddings). Their gradient's scatter-add sums in float32
+    and rounds once, as torch's embedding backward: 4096 ones summed in bf16 stop at 256."""
+    model = train.build_model(train.tiny_config(), gpu=False)
+    train.store_embeddings(model, jnp.bfloat16)
+    modeldef, params = train.split_model(model)
+    idx = jnp.zeros(4096, jnp.int32)
+
+    def total(params):
+        return train.merge_model(modeldef, params).wte(idx).astype(jnp.bfloat16).astype(jnp.float32).sum()
+
+    grad = jax.grad(total)(params)["wte.weight"]
+    assert grad.dtype == jnp.bfloat16
+    assert float(grad[0, 0]) == 4096 and float(grad[1, 0]) == 0
+
+
+def test_adamw_on_bf16_weights_rounds_once_per_stored_tensor(train):
+    """The GPU's bf16 embeddings take their AdamW step in float32, rounded once into each stored tensor (weight,
+    first and second moment), as the reference's adamw_update and upstream's compiled kernel."""
+    import optax
+
+    rng = np.random.default_rng(0)
+    p32 = jnp.asarray(rng.normal(size=(64, 256)), jnp.float32).astype(jnp.bfloat16).astype(jnp.float32)
+    grads = [jnp.asarray(rng.normal(size=(64, 256)) * 1e-3, jnp.float32).astype(jnp.bfloat16) for _ in range(3)]
+    opt = train.adamw(lr=0.7, b1=0.8, b2=0.95, eps=1e-10, weight_decay=0.0)
+    want, got = {"w": p32}, {"w": p32.astype(jnp.bfloat16)}
+    want_state, got_state = opt.init(want), opt.init(got)
+    rounded = lambda tree: jax.tree.map(lambda a: a.astype(jnp.bfloat16).astype(jnp.float32), tree)
+    for g in grads:
+        u, want_state = opt.update({"w": g.astype(jnp.float32)}, want_state, want, lr_mult=1.0)
+        want = rounded(optax.apply_updates(want, u))                      # what bf16 storage keeps of each tensor
+        want_state = want_state._replace(exp_avg=rounded(want_state.exp_avg), exp_avg_sq=rounded(want_state.exp_avg_sq))
+        u, got_state = opt.update({"w": g}, got_state, got, lr_mult=1.0)
+        got = optax.apply_updates(got, u)
+    pairs = [(got, want), (got_state.exp_avg, want_state.exp_avg), (got_state.exp_avg_sq, want_state.exp_avg_sq)]
+    for have, expected in pairs:
+        assert have["w"].dtype == jnp.bfloat16
+        np.testing.assert_array_equal(np.asarray(have["w"], np.float32), np.asarray(expected["w"]))
+
+
+def test_bf16_embeddings_stay_bf16_through_training_steps(train):
+    """With the embeddings stored in bf16 (the GPU model), the jitted steps keep them and their Adam moments bf16,
+    every other weight float32 (the optimizer's hyperparameters too), and give the float32 model's loss."""
+    config = train.tiny_config()
+    x, y = fixed_batch(config)
+    runs = {}
+    for dtype in (jnp.float32, jnp.bfloat16):
+        model = train.build_model(config, gpu=False)
+        train.store_embeddings(model, dtype)
+        modeldef, params = train.split_model(model)
+        optimizer = train.build_optimizer(params)
+        opt_state = optimizer.init(params)
+        step = train.make_train_step(modeldef, optimizer)
+        for i in range(3):
+            params, opt_state, loss = step(params, opt_state, [(x, y)], 0.0, i)
+        runs[dtype] = params, opt_state, float(loss)
+    params, opt_state, loss = runs[jnp.bfloat16]
+    embeddings = {n for n in params if n == "wte.weight" or n.startswith("value_embeds.")}
+    assert embeddings and all(params[n].dtype == jnp.bfloat16 for n in embeddings)
+    assert all(p.dtype == jnp.float32 for n, p in params.items() if n not in embeddings)
+    bf16_state = [leaf for leaf in jax.tree.leaves(opt_state) if leaf.dtype == jnp.bfloat16]
+    assert len(bf16_state) == 2 * len(embeddings)  # each table's two moments, and nothing else
+    assert loss == pytest.approx(runs[jnp.float32][2], rel=1e-2)
