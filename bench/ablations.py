@@ -220,9 +220,13 @@ VARIANTS["eager-polar-express"] = Variant(
     edits=(("        compile_optimizer(optimizer)  # Polar Express runs in bf16 on a GPU only\n", ""),))
 
 # Other initial weights (the same distributions, other draws): how far apart two seeds land.
-for seed in (43, 44):
+# Other seeds: the seed-to-seed spread, which a run-to-run sd at one seed does not hold (jax draws its own
+# weights, so against cuda it is in effect another seed; fidelity.md section 17).
+for seed in (43, 44, 45, 46):
     VARIANTS[f"seed-{seed}"] = Variant(f"SEED = {seed} (initial weights drawn from another seed; data order unchanged)",
                                        edits=(("SEED = 42\n", f"SEED = {seed}\n"),))
+    VARIANTS[f"jax-seed-{seed}"] = Variant(f"jax with SEED = {seed}", backend="jax",
+                                           edits=(("SEED = 42\n", f"SEED = {seed}\n"),))
 
 # The scalar mixing weights' first gradient is rounding noise (zero_scalar_gradients in the canvases says why).
 # Upstream's first AdamW step turns it into a full step of +-lr (x0_lambdas: 0.1 -> 0.6 or -0.4); every backend
@@ -258,6 +262,25 @@ VARIANTS["jax-scalars-from-upstream-init"] = Variant(
 VARIANTS["jax-float32-embeddings"] = Variant(
     "jax with wte and value_embeds stored in float32 on the GPU (the reference and upstream: bf16)", backend="jax",
     edits=(("    if gpu:\n        store_embeddings(model, jnp.bfloat16)\n", ""),))
+
+
+# Where bf16 rounds (bench/rounding_points.py): inductor multiplies a bf16 tensor by a float32 value at float32,
+# even after an explicit .to(bf16), where eager PyTorch and XLA (on the CPU at least) round the operand first.
+# Upstream stores its rotary tables in bf16; the cuda canvas casts float32 tables with .to(q.dtype), which
+# compiled code drops. Upstream and the cuda canvas pass the mixing scalars to compiled code in float32; jax
+# casts them to bf16 (1.005 -> 1.0078, 0.6 -> 0.6016), and on the CPU XLA keeps that rounding.
+VARIANTS["bf16-rotary-tables"] = Variant(
+    "the rotary tables stored in bf16 on the GPU, as upstream (ours: float32, and compiled code drops the cast)",
+    edits=(("        model.value_embeds.to(torch.bfloat16)\n",
+            "        model.value_embeds.to(torch.bfloat16)\n"
+            "        model.cos, model.sin = model.cos.bfloat16(), model.sin.bfloat16()\n"),))
+VARIANTS["jax-float32-lambdas"] = Variant(
+    "jax mixes the residual stream with float32 scalars at float32, rounding once, as compiled torch does "
+    "(ours: the scalars cast to bf16 first)", backend="jax",
+    edits=(("self.resid_lambdas[i].astype(dtype), self.x0_lambdas[i].astype(dtype)",
+            "self.resid_lambdas[i], self.x0_lambdas[i]"),
+           ("        x = resid_lambda * x + x0_lambda * x0  #",
+            "        x = (resid_lambda * x.astype(jnp.float32) + x0_lambda * x0.astype(jnp.float32)).astype(x.dtype)  #")))
 
 
 # Issue 11: jax's plain loss head, whole (B, T, V) float32 logits (the default before LOSS_CHUNKS = 8).
