@@ -219,9 +219,9 @@ VARIANTS["eager-polar-express"] = Variant(
     "Polar Express eager in bf16 (every elementwise step rounded), as before compile_optimizer",
     edits=(("        compile_optimizer(optimizer)  # Polar Express runs in bf16 on a GPU only\n", ""),))
 
-# Other initial weights (the same distributions, other draws): how far apart two seeds land.
-# Other seeds: the seed-to-seed spread, which a run-to-run sd at one seed does not hold (jax draws its own
-# weights, so against cuda it is in effect another seed; fidelity.md section 17).
+# Other initial weights (the same distributions, other draws): the seed-to-seed spread, which a run-to-run sd at
+# one seed does not hold (jax draws its own weights, so against cuda it is in effect another seed; fidelity.md
+# section 17).
 for seed in (43, 44, 45, 46):
     VARIANTS[f"seed-{seed}"] = Variant(f"SEED = {seed} (initial weights drawn from another seed; data order unchanged)",
                                        edits=(("SEED = 42\n", f"SEED = {seed}\n"),))

@@ -6,14 +6,14 @@ reference name (the list of names and shapes, and the numerical conventions, are
 Training is functional: the parameters travel as a flat dict {reference name: array}, which is also the
 cross-backend exchange format, and are merged into the module inside the jitted step. The optimizer is
 MuonAdamW written as Optax transforms (optax.contrib.muon differs in its numerics): optax.partition over the
-reference's groups, AdamW and Muon (Polar Express, NorMuon, cautious weight decay) as their
-own transforms. Schedules follow training-time progress; the host computes them each step, as the reference does.
+reference's groups, AdamW and Muon (Polar Express, NorMuon, cautious weight decay) as our own transforms.
+Schedules follow training-time progress; the host computes them each step, as the reference does.
 
 On an NVIDIA GPU: bf16 compute over float32 weights (as autocast), cuDNN attention with sliding windows,
 Polar Express in bf16, and wte and value_embeds stored in bf16 as the reference stores them (upstream's choice),
 their AdamW step computed in float32 and rounded once into each stored tensor. On a CPU: float32 and XLA
-attention with the same window mask, which gives the reference's numbers (tests/parity). Importing this file does no work; main() runs
-under __main__, so tests and the parity harness can build the model and take steps.
+attention with the same window mask, which gives the reference's numbers (tests/parity). Importing this file
+does no work; main() runs under __main__, so tests and the parity harness can build the model and take steps.
 """
 
 import gc
