@@ -44,8 +44,8 @@ def test_the_float32_lambdas_variant_mixes_at_float32(tmp_path):
         idx = jnp.asarray(np.random.default_rng(0).integers(0, config.vocab_size, (2, config.sequence_len)), jnp.int32)
         x0, first = model.hidden_states(idx)[:2]
         assert first.dtype == jnp.bfloat16
-        lam, lam0 = np.asarray(model.resid_lambdas[...])[0], np.asarray(model.x0_lambdas[...])[0]
         outputs[name] = np.asarray(first, np.float32)
-        exact = (lam * np.asarray(x0, np.float32) + lam0 * np.asarray(x0, np.float32)).astype(jnp.bfloat16)
+    lam, lam0 = np.asarray(model.resid_lambdas[...])[0], np.asarray(model.x0_lambdas[...])[0]  # the same in both
+    exact = (lam * np.asarray(x0, np.float32) + lam0 * np.asarray(x0, np.float32)).astype(jnp.bfloat16)
     np.testing.assert_array_equal(outputs["variant"], np.asarray(exact, np.float32))
     assert not np.array_equal(outputs["canvas"], outputs["variant"])
