@@ -266,21 +266,20 @@ VARIANTS["jax-float32-embeddings"] = Variant(
 
 # Where bf16 rounds (bench/rounding_points.py): inductor multiplies a bf16 tensor by a float32 value at float32,
 # even after an explicit .to(bf16), where eager PyTorch and XLA (on the CPU at least) round the operand first.
-# Upstream stores its rotary tables in bf16; the cuda canvas casts float32 tables with .to(q.dtype), which
-# compiled code drops. Upstream and the cuda canvas pass the mixing scalars to compiled code in float32; jax
-# casts them to bf16 (1.005 -> 1.0078, 0.6 -> 0.6016), and on the CPU XLA keeps that rounding.
-VARIANTS["bf16-rotary-tables"] = Variant(
-    "the rotary tables stored in bf16 on the GPU, as upstream (ours: float32, and compiled code drops the cast)",
-    edits=(("        model.value_embeds.to(torch.bfloat16)\n",
-            "        model.value_embeds.to(torch.bfloat16)\n"
-            "        model.cos, model.sin = model.cos.bfloat16(), model.sin.bfloat16()\n"),))
-VARIANTS["jax-float32-lambdas"] = Variant(
-    "jax mixes the residual stream with float32 scalars at float32, rounding once, as compiled torch does "
-    "(ours: the scalars cast to bf16 first)", backend="jax",
-    edits=(("self.resid_lambdas[i].astype(dtype), self.x0_lambdas[i].astype(dtype)",
-            "self.resid_lambdas[i], self.x0_lambdas[i]"),
-           ("        x = resid_lambda * x + x0_lambda * x0  #",
-            "        x = (resid_lambda * x.astype(jnp.float32) + x0_lambda * x0.astype(jnp.float32)).astype(x.dtype)  #")))
+# Until 2026-11-30 (thirteenth session) the cuda canvas kept float32 rotary tables cast with .to(q.dtype) in the
+# block, which compiled code drops (upstream stores bf16 tables), and jax and mlx cast the mixing scalars to bf16
+# before the mix (1.005 -> 1.0078, 0.6 -> 0.6016), which upstream's and the cuda canvas's compiled code do not.
+VARIANTS["float32-rotary-tables"] = Variant(
+    "the rotary tables kept in float32 and cast in the block, which compiled code drops (upstream and the "
+    "canvas: stored in bf16)",
+    edits=(("    model.cos, model.sin = model.cos.bfloat16(), model.sin.bfloat16()\n", ""),))
+VARIANTS["jax-bf16-lambdas"] = Variant(
+    "jax mixes the residual stream with the scalars rounded to bf16 first (the canvas: float32 scalars at "
+    "float32, rounded once, as compiled torch)", backend="jax",
+    edits=(("self.resid_lambdas[i], self.x0_lambdas[i], ve",
+            "self.resid_lambdas[i].astype(dtype), self.x0_lambdas[i].astype(dtype), ve"),
+           ("        x = (resid_lambda * x.astype(jnp.float32) + x0_lambda * x0.astype(jnp.float32)).astype(x.dtype)\n",
+            "        x = resid_lambda * x + x0_lambda * x0\n")))
 
 
 # Issue 11: jax's plain loss head, whole (B, T, V) float32 logits (the default before LOSS_CHUNKS = 8).

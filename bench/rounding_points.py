@@ -3,12 +3,13 @@ bf16 activations by float32 values (the mixing scalars, the rotary tables).
 
     python bench/rounding_points.py
 
-Upstream and the cuda canvas multiply the bf16 residual stream by float32 scalars (`resid_lambdas[i] * x`), and
-the cuda canvas casts its float32 rotary tables with `.to(q.dtype)` (upstream stores its tables in bf16). Eager
-PyTorch rounds such an operand to bf16 before multiplying; inductor may drop a cast that its compute type's
-upcast follows (torch._inductor.config.emulate_precision_casts is off by default) and multiply by the float32
-value. The jax canvas casts the scalars and the tables to bf16 explicitly; XLA may remove such a cast pair too
-(xla_allow_excess_precision), or fold a table computed inside the program into a bf16 constant. Each row says
+Upstream and the cuda canvas multiply the bf16 residual stream by float32 scalars (`resid_lambdas[i] * x`);
+until 2026-11-30 the cuda canvas cast float32 rotary tables with `.to(q.dtype)` (upstream stores its tables in
+bf16, and so does the canvas now). Eager PyTorch rounds such an operand to bf16 before multiplying; inductor may
+drop a cast that its compute type's upcast follows (torch._inductor.config.emulate_precision_casts is off by
+default) and multiply by the float32 value. The jax canvas casts its rotary tables to bf16 explicitly (and cast
+the mixing scalars so until 2026-11-30); XLA may remove such a cast pair too (xla_allow_excess_precision), or
+fold a table computed inside the program into a bf16 constant. Each row says
 which operand the compiled result was computed with: "bf16" (rounded first, as eager PyTorch), "float32" (as
 if the cast were not there), or "neither".
 """
@@ -46,7 +47,7 @@ def torch_rows():
                 as_np((operand.float() * x.float()).bfloat16()))
 
     cases = [("scalar * x (upstream, cuda canvas)", lambda s, x: s * x, scalar),
-             ("x * table.to(x.dtype) (cuda canvas's rotary)", lambda t, x: x * t.to(x.dtype), table)]
+             ("x * table.to(x.dtype) (cuda's rotary until 2026-11-30)", lambda t, x: x * t.to(x.dtype), table)]
     rows = []
     for name, fn, operand in cases:
         with_bf16, with_float32 = refs(operand)
@@ -73,7 +74,7 @@ def jax_rows():
         return (np.asarray((operand.astype(bf16).astype(jnp.float32) * xf).astype(bf16), np.float32),
                 np.asarray((operand * xf).astype(bf16), np.float32))
 
-    cases = [("scalar.astype(bf16) * x (jax canvas)", jax.jit(lambda s, x: s.astype(bf16) * x), (scalar, x), scalar),
+    cases = [("scalar.astype(bf16) * x (jax's mix until 2026-11-30)", jax.jit(lambda s, x: s.astype(bf16) * x), (scalar, x), scalar),
              ("x * table.astype(bf16), table an argument", jax.jit(lambda t, x: x * t.astype(bf16)), (table, x), table),
              ("x * table.astype(bf16), table computed in the program (jax canvas's rotary)",
               jax.jit(lambda x: x * jnp.cos(jnp.arange(N, dtype=jnp.float32) * 0.01).astype(bf16)), (x,), computed)]

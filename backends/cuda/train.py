@@ -166,7 +166,7 @@ class CausalSelfAttention(nn.Module):
             ve = F.embedding(idx, ve_weight).view(B, T, self.n_head, self.head_dim)
             gate = 2 * torch.sigmoid(self.ve_gate(x[..., :self.ve_gate_channels]))
             v = v + gate.unsqueeze(-1) * ve
-        cos, sin = cos.to(q.dtype), sin.to(q.dtype)  # bf16 under autocast, so q and k stay bf16
+        cos, sin = cos.to(q.dtype), sin.to(q.dtype)  # on the CPU float32; on the GPU stored bf16 (store_in_bf16)
         q = norm(apply_rotary(q, cos, sin))
         k = norm(apply_rotary(k, cos, sin))
         y = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), window)
@@ -422,7 +422,7 @@ def tiny_config():
 def build_model(config, device="cpu", seed=SEED):
     """An initialised GPT on device. Built on the meta device and initialised in place, as upstream, so the
     only random draws are init_weights' (on CUDA: upstream's weights for the same seed). On CUDA the
-    embeddings are bf16, as upstream (halves their traffic)."""
+    embeddings and the rotary tables are bf16, as upstream (store_in_bf16)."""
     device = torch.device(device)
     if WINDOW_KERNEL not in ("flex", "cudnn"):
         raise ContractError(f"WINDOW_KERNEL = {WINDOW_KERNEL!r} is not a window kernel this trainer has. Set it to "
@@ -441,12 +441,20 @@ def build_model(config, device="cpu", seed=SEED):
     model.to_empty(device=device)
     model.init_weights()
     if device.type == "cuda":
-        model.wte.to(torch.bfloat16)
-        model.value_embeds.to(torch.bfloat16)
+        store_in_bf16(model)
         for w in set(model.windows):
             if w < config.sequence_len and config.sequence_len % 128 == 0 and WINDOW_KERNEL == "flex":
                 sliding_block_mask(config.sequence_len, w, device)  # before torch.compile traces attention
     return model
+
+
+def store_in_bf16(model):
+    """Store in bf16 what upstream's GPU model stores in bf16: the token and value embeddings (halves their
+    traffic) and the rotary tables. The tables must be stored so, not cast in the block: compiled code drops a
+    cast to bf16 that a multiply follows and would multiply by the float32 values (bench/rounding_points.py)."""
+    model.wte.to(torch.bfloat16)
+    model.value_embeds.to(torch.bfloat16)
+    model.cos, model.sin = model.cos.bfloat16(), model.sin.bfloat16()
 
 
 def compile_model(model):

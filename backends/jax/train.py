@@ -155,7 +155,9 @@ class Block(nnx.Module):
         self.mlp = MLP(config)
 
     def __call__(self, x, x0, resid_lambda, x0_lambda, ve, cos, sin, window):
-        x = resid_lambda * x + x0_lambda * x0  # per-layer mix of the residual stream and the embedding
+        # Per-layer mix of the residual stream and the embedding, with the float32 scalars at float32 and rounded
+        # once, as the reference's compiled code computes it (not with the scalars rounded to bf16 first).
+        x = (resid_lambda * x.astype(jnp.float32) + x0_lambda * x0.astype(jnp.float32)).astype(x.dtype)
         x = x + self.attn(norm(x), ve, cos, sin, window)
         return x + self.mlp(norm(x))
 
@@ -265,8 +267,7 @@ class GPT(nnx.Module):
         states = [x0]
         for i, block in enumerate(self.blocks):
             ve = self.value_embeds[str(i)](idx).astype(dtype) if str(i) in self.value_embeds else None
-            x = block(x, x0, self.resid_lambdas[i].astype(dtype), self.x0_lambdas[i].astype(dtype), ve, cos, sin,
-                      self.windows[i])
+            x = block(x, x0, self.resid_lambdas[i], self.x0_lambdas[i], ve, cos, sin, self.windows[i])
             states.append(x)
         return states
 

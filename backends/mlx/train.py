@@ -225,7 +225,8 @@ class GPT(nn.Module):
         x = x0 = norm(self.wte(idx).astype(dtype))
         states = [x0]
         for i, (block, window) in enumerate(zip(self.blocks, window_sizes(self.config))):
-            x = self.resid_lambdas[i].astype(dtype) * x + self.x0_lambdas[i].astype(dtype) * x0
+            # the mix with the float32 scalars at float32, rounded once, as the reference's compiled code
+            x = (self.resid_lambdas[i] * x.astype(mx.float32) + self.x0_lambdas[i] * x0.astype(mx.float32)).astype(dtype)
             ve = self.value_embeds[str(i)](idx).astype(dtype) if str(i) in self.value_embeds else None
             x = block(x, ve, cos, sin, window)
             states.append(x)

@@ -150,3 +150,24 @@ def test_scalars_sit_out_the_first_step(train):
         np.testing.assert_array_equal(after_0[name], init[name], err_msg=name)
         assert np.abs(after_1[name] - after_0[name]).min() > 1e-4, name
     assert not np.array_equal(after_0["wte.weight"], init["wte.weight"])
+
+
+def test_the_gpu_model_stores_upstreams_bf16_tables(train):
+    """On a GPU build_model stores the embeddings and the rotary tables in bf16 (store_in_bf16), as upstream. The
+    tables hold upstream's values, cos and sin of position x 10000^(-2i / head_dim) computed in float32 and rounded
+    once: compiled code would drop a cast inside the block, so they must be stored so. The model still runs."""
+    config = train.tiny_config()
+    model = train.build_model(config)
+    train.store_in_bf16(model)
+    head_dim = config.n_embd // config.n_head
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    freqs = torch.outer(torch.arange(config.sequence_len, dtype=torch.float32), inv_freq)
+    assert model.cos.dtype == model.sin.dtype == torch.bfloat16
+    assert torch.equal(model.cos[0, :, 0], freqs.cos().bfloat16())
+    assert torch.equal(model.sin[0, :, 0], freqs.sin().bfloat16())
+    assert model.wte.weight.dtype == torch.bfloat16
+    assert all(ve.weight.dtype == torch.bfloat16 for ve in model.value_embeds.values())
+    assert {name for name, _ in model.named_buffers()} >= {"cos", "sin"}
+    x, y = fixed_batch(config)
+    with torch.autocast("cpu", torch.bfloat16):
+        assert torch.isfinite(model(x, y)).all()

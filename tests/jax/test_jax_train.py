@@ -283,3 +283,23 @@ def test_bf16_embeddings_stay_bf16_through_training_steps(train):
     bf16_state = [leaf for leaf in jax.tree.leaves(opt_state) if leaf.dtype == jnp.bfloat16]
     assert len(bf16_state) == 2 * len(embeddings)  # each table's two moments, and nothing else
     assert loss == pytest.approx(runs[jnp.float32][2], rel=1e-2)
+
+
+def test_the_mix_multiplies_by_the_float32_scalars_and_rounds_once(train):
+    """The per-layer mix multiplies the bf16 stream by the float32 scalars at float32 and rounds once, as the
+    reference's compiled code does (bench/rounding_points.py); with the scalars cast to bf16 first, 1.005 would act
+    as 1.0078 and 0.6 as 0.6016. At init every block's output projections are zero, so the first block's output is
+    the mix of x0 with itself."""
+    config = train.tiny_config()
+    model = train.GPT(config, jnp.bfloat16, "xla")
+    model.init_weights(jax.random.key(0))
+    x0, first = model.hidden_states(jnp.asarray(fixed_batch(config)[0]))[:2]
+    assert first.dtype == jnp.bfloat16
+    lam, lam0 = np.asarray(model.resid_lambdas[...])[0], np.asarray(model.x0_lambdas[...])[0]
+    assert lam.dtype == lam0.dtype == np.float32
+    x0 = np.asarray(x0, np.float32)
+    exact = np.asarray((lam * x0 + lam0 * x0).astype(jnp.bfloat16), np.float32)
+    rounded_first = np.asarray(((np.float32(jnp.bfloat16(lam)) + np.float32(jnp.bfloat16(lam0))) * x0)
+                               .astype(jnp.bfloat16), np.float32)
+    assert not np.array_equal(exact, rounded_first)  # the test tells the two apart
+    np.testing.assert_array_equal(np.asarray(first, np.float32), exact)

@@ -255,3 +255,21 @@ def test_scalars_sit_out_the_first_step(train):
         np.testing.assert_array_equal(after_0[name], init[name], err_msg=name)
         assert np.abs(after_1[name] - after_0[name]).min() > 1e-4, name
     assert not np.array_equal(after_0["wte.weight"], init["wte.weight"])
+
+
+def test_the_mix_multiplies_by_the_float32_scalars_and_rounds_once(train):
+    """In bf16 compute (Metal's, here on the CPU) the per-layer mix multiplies by the float32 scalars at float32 and
+    rounds once, as the reference's compiled code does; cast to bf16 first, 1.005 would act as 1.0078. At init
+    every block's output projections are zero, so the first block's output is the mix of x0 with itself."""
+    config = train.tiny_config()
+    model = train.build_model(config, compute_dtype=mx.bfloat16)
+    x0, first = model.hidden_states(mx.array(batch(config)[0]))[:2]
+    assert first.dtype == mx.bfloat16
+    lam, lam0 = model.resid_lambdas[0], model.x0_lambdas[0]
+    assert lam.dtype == lam0.dtype == mx.float32
+    x0 = x0.astype(mx.float32)
+    exact = np.array((lam * x0 + lam0 * x0).astype(mx.bfloat16).astype(mx.float32))
+    rounded_first = np.array(((lam.astype(mx.bfloat16) + lam0.astype(mx.bfloat16)).astype(mx.float32) * x0)
+                             .astype(mx.bfloat16).astype(mx.float32))
+    assert not np.array_equal(exact, rounded_first)  # the test tells the two apart
+    np.testing.assert_array_equal(np.array(first.astype(mx.float32)), exact)
