@@ -27,9 +27,11 @@ other layer, the last included). Linear weights are (out_features, in_features),
 Conventions a port must match: RMSNorm without weights over the last axis, computed in float32 with eps =
 float32's machine epsilon, 1.2e-7, for float32 and bf16 inputs alike (F.rms_norm's default, as upstream: the
 epsilon of the type it computes in, not 7.8e-3 of bf16); RoPE on halves
-(x1 = x[..., :hd/2], x2 = x[..., hd/2:]; y1 = x1 cos + x2 sin, y2 = -x1 sin + x2 cos; base 10000), applied
-to q and k before their RMSNorm; attention scale 1/sqrt(head_dim); a sliding window of w lets query i see
-keys j with 0 <= i - j <= w (FlashAttention's window_size=(w, 0)).
+(x1 = x[..., :hd/2], x2 = x[..., hd/2:]; y1 = x1 cos + x2 sin, y2 = -x1 sin + x2 cos; base 10000; the tables
+bf16 on a GPU, as upstream), applied to q and k before their RMSNorm; attention scale 1/sqrt(head_dim); a
+sliding window of w lets query i see keys j with 0 <= i - j <= w (FlashAttention's window_size=(w, 0)); the
+per-layer mix resid_lambda * x + x0_lambda * x0 with the float32 scalars at float32, rounded once to x's dtype
+(what compiled code computes; eager bf16 would round the scalars first).
 """
 
 import gc

@@ -11,7 +11,8 @@ Schedules follow training-time progress; the host computes them each step, as th
 
 On an NVIDIA GPU: bf16 compute over float32 weights (as autocast), cuDNN attention with sliding windows,
 Polar Express in bf16, and wte and value_embeds stored in bf16 as the reference stores them (upstream's choice),
-their AdamW step computed in float32 and rounded once into each stored tensor. On a CPU: float32 and XLA
+their AdamW step computed in float32 and rounded once into each stored tensor; the per-layer mix with the float32
+scalars at float32, rounded once (as the reference's compiled code). On a CPU: float32 and XLA
 attention with the same window mask, which gives the reference's numbers (tests/parity). Importing this file
 does no work; main() runs under __main__, so tests and the parity harness can build the model and take steps.
 """

@@ -25,7 +25,8 @@ H = n_head, V = vocab_size, VE = the layers with value embeddings (i % 2 == (L -
 
 Conventions (the reference's): RMSNorm without weights, eps float32's machine epsilon, over the last axis; RoPE on halves
 (y1 = x1 cos + x2 sin, y2 = -x1 sin + x2 cos; base 10000), applied to q and k before their RMSNorm;
-attention scale 1/sqrt(head_dim); a sliding window of w lets query i see keys j with 0 <= i - j <= w.
+attention scale 1/sqrt(head_dim); a sliding window of w lets query i see keys j with 0 <= i - j <= w; the per-layer
+mix resid_lambda * x + x0_lambda * x0 with the float32 scalars at float32, rounded once to the compute dtype.
 
 MLX specifics: arrays are immutable values, so the optimizer is a pure function (params, grads, state,
 hyperparameters) -> (params, state), compiled once with mx.compile; schedule values enter as arrays, so
