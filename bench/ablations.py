@@ -282,6 +282,12 @@ VARIANTS["jax-bf16-lambdas"] = Variant(
             "        x = resid_lambda * x + x0_lambda * x0\n")))
 
 
+# Issue 10's noise: the same steps give the same weights (make_deterministic), at a price in tokens/s.
+VARIANTS["deterministic-kernels"] = Variant(
+    "DETERMINISTIC = True: torch's deterministic kernels (strict), a fixed cuBLAS workspace, inductor choosing "
+    "kernels without timing them", edits=(("\nDETERMINISTIC = False ", "\nDETERMINISTIC = True "),))
+
+
 # Issue 11: jax's plain loss head, whole (B, T, V) float32 logits (the default before LOSS_CHUNKS = 8).
 VARIANTS["jax-plain-head"] = Variant(
     "jax with LOSS_CHUNKS = 1: the loss and its gradient over whole (B, T, V) logits (the default chunks in 8)",

@@ -4,9 +4,12 @@
 
 Builds backends/cuda/train.py's model at the profile's size twice from the same seed, takes the same optimizer
 steps on the same batches (random tokens, the profile's device batch and accumulation), and compares every
-step's loss and the final weights bit for bit: once as the trainer runs, once under
-torch.use_deterministic_algorithms(True) (warn_only, so the operations without a deterministic kernel are
-listed instead of failing). Also the median step time of each, to price determinism.
+step's loss and the final weights bit for bit, in three modes: as the trainer runs; under
+torch.use_deterministic_algorithms(True, warn_only=True), which lists the operations without a deterministic
+kernel instead of failing; and with the canvas's make_deterministic() (DETERMINISTIC = True: strict, so cuDNN's
+attention takes its deterministic backward, and inductor chooses kernels without timing them). Also the median
+step time of each, to price determinism. All in one process: a difference between processes (kernel choices
+timed in each) shows only in whole runs (bench/anchor.py --variant deterministic-kernels).
 """
 
 import argparse
@@ -65,23 +68,28 @@ def main():
     # Each block is its own compiled region and the deterministic flag is a guard: without a reset the second
     # mode's recompiles hit dynamo's limit and some blocks would run eager (seen on an H200, 2026-11-30).
     torch._dynamo.config.recompile_limit = 64
-    for deterministic in (False, True):
+    for mode in ("as the trainer runs", "deterministic algorithms, warn only", "make_deterministic()"):
         torch._dynamo.reset()
-        torch.use_deterministic_algorithms(deterministic, warn_only=True)
+        if mode == "deterministic algorithms, warn only":
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        elif mode == "make_deterministic()":
+            train.make_deterministic()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            a = trajectory(train, profile, args.steps, batches)
-            b = trajectory(train, profile, args.steps, batches)
-        same_losses = a[0] == b[0]
+            try:
+                a = trajectory(train, profile, args.steps, batches)
+                b = trajectory(train, profile, args.steps, batches)
+            except RuntimeError as e:  # strict mode: an operation without a deterministic kernel
+                print(f"{mode}: FAILED: {str(e).splitlines()[0][:300]}")
+                continue
         same_weights = torch.equal(a[1], b[1])
         differ = (a[1] != b[1]).sum().item()
-        print(f"deterministic algorithms {'on ' if deterministic else 'off'}: losses "
-              f"{'identical' if same_losses else 'DIFFER'}, weights {'identical' if same_weights else f'DIFFER in {differ:,} elements'}"
+        print(f"{mode}: losses {'identical' if a[0] == b[0] else 'DIFFER'}, weights "
+              f"{'identical' if same_weights else f'DIFFER in {differ:,} elements'}"
               f", median step {1000 * statistics.median(a[2][2:] + b[2][2:]):.1f} ms")
         print("   losses:", " ".join(f"{v:.6f}" for v in a[0]), "|", " ".join(f"{v:.6f}" for v in b[0]))
         for message in sorted({str(w.message).splitlines()[0][:160] for w in caught if "determinis" in str(w.message)}):
             print("   nondeterministic:", message)
-
 
 if __name__ == "__main__":
     main()

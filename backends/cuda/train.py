@@ -408,6 +408,8 @@ MOMENTUM_RAMP_STEPS = 300     # ... over this many optimizer steps, as upstream 
 # Loop
 SEED = 42
 TUNE_KERNELS = True        # on a GPU, tune inductor's fused kernels (compile_model): faster steps, slower cold start
+DETERMINISTIC = False      # on a GPU, deterministic kernels (make_deterministic): the same steps give the same
+                           # weights, for less run-to-run noise; its price in tokens/s is not measured yet
 
 
 def model_config(depth, sequence_len, vocab_size):
@@ -467,10 +469,12 @@ def compile_model(model):
     With TUNE_KERNELS on a GPU, inductor tunes the block sizes of its fused kernels by coordinate descent (the
     loss head's soft-cap and cross-entropy, the norms' backward): 1.6 % more tokens/s on an H200, for about a
     minute more of cold compile. torch 2.13 caches the choices for later starts; torch 2.11 re-tunes some of
-    them in every process, about 30 s (pytorch/pytorch#172819). docs/notes/cuda.md has the measurements."""
-    if TUNE_KERNELS and next(model.parameters()).is_cuda:
+    them in every process, about 30 s (pytorch/pytorch#172819). docs/notes/cuda.md has the measurements. Not
+    under deterministic algorithms (make_deterministic): tuning times kernels, and inductor's deterministic mode
+    bans timing that can change the numbers."""
+    if next(model.parameters()).is_cuda:
         from torch._inductor import config as inductor_config
-        inductor_config.coordinate_descent_tuning = True
+        inductor_config.coordinate_descent_tuning = TUNE_KERNELS and not torch.are_deterministic_algorithms_enabled()
     model.embed = torch.compile(model.embed, dynamic=False)
     for module in (*model.blocks, model.lm_head):
         module.compile(dynamic=False)
@@ -587,6 +591,18 @@ def import_weights(model, arrays):
 # ---------------------------------------------------------------------------
 
 
+def make_deterministic():
+    """Ask for the same steps to give the same weights on a GPU. Without it two runs part within a few steps
+    (bench/determinism.py): torch's deterministic kernels, strictly (only then does cuDNN's attention take its
+    deterministic backward), a fixed cuBLAS workspace, and inductor choosing kernels without timing them (timing
+    could pick other block sizes, and so other sums, in another process; TUNE_KERNELS is off under it). Call
+    before the first CUDA work. Not yet measured on a GPU: bench/determinism.py checks it bit for bit."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts
+    torch.use_deterministic_algorithms(True)
+    from torch._inductor import config as inductor_config
+    inductor_config.deterministic = True
+
+
 def pick_device():
     if torch.cuda.is_available():
         return torch.device("cuda")
@@ -619,6 +635,8 @@ def main(profile=None):
     from common.tokenizer import Tokenizer
 
     profile = profile or get_profile()
+    if DETERMINISTIC:
+        make_deterministic()
     device = pick_device()
     torch.manual_seed(SEED)
     torch.set_float32_matmul_precision("high")

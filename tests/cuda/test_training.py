@@ -126,6 +126,33 @@ def test_nan_loss_fails_fast(prepared_env, tmp_path):
     assert "val_bpb:" not in out.stdout
 
 
+@pytest.mark.slow
+def test_deterministic_runs_the_loop_on_deterministic_kernels(prepared_env, tmp_path):
+    """DETERMINISTIC = True: the real loop trains and evaluates to its summary with torch's deterministic
+    algorithms on strictly (an operation without a deterministic kernel raises instead of warning), cuBLAS's
+    fixed workspace and inductor's deterministic mode."""
+    script = tmp_path / "deterministic.py"
+    script.write_text(textwrap.dedent(f"""
+        import importlib.util, os, torch
+        from torch._inductor import config
+        from common.errors import run_cli
+        spec = importlib.util.spec_from_file_location("train", {str(TRAIN_PY)!r})
+        train = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(train)
+        train.DETERMINISTIC = True
+        run_cli(train.main)
+        print("state", torch.are_deterministic_algorithms_enabled(),
+              torch.is_deterministic_algorithms_warn_only_enabled(), config.deterministic,
+              os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+    """))
+    env = {k: v for k, v in prepared_env.items() if k != "CUBLAS_WORKSPACE_CONFIG"}
+    out = run([sys.executable, str(script)], env)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "state True False True :4096:8" in out.stdout, out.stdout[-2000:]
+    summary = parse_summary(out.stdout)
+    assert math.isfinite(summary["val_bpb"]) and summary["num_steps"] > 2
+
+
 def test_scalars_sit_out_the_first_step(train):
     """init_weights starts resid_lambdas and x0_lambdas where upstream's first step leaves them at its seed
     (1.005, 0.6); step 0 leaves them there, even where their gradient is real (here the blocks' output

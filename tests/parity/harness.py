@@ -96,9 +96,11 @@ def load_trainer(name):
     return sys.modules[module_name]
 
 
-# Constants that set how fast one backend runs, not what it computes: no other backend has them.
+# Constants that set how one backend runs on its GPU (how fast, whether deterministic), not what it computes: no
+# other backend has them.
 SPEED_ONLY = {"TUNE_KERNELS",   # cuda: inductor's coordinate-descent tuning of its kernels' block sizes
-              "WINDOW_KERNEL"}  # cuda: FlexAttention or cuDNN for the sliding windows on a GPU
+              "WINDOW_KERNEL",  # cuda: FlexAttention or cuDNN for the sliding windows on a GPU
+              "DETERMINISTIC"}  # cuda: deterministic kernels (make_deterministic)
 
 
 def hyperparameters(module):
