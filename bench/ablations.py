@@ -284,8 +284,8 @@ VARIANTS["jax-bf16-lambdas"] = Variant(
 
 # Issue 10's noise: the same steps give the same weights (make_deterministic), at a price in tokens/s.
 VARIANTS["deterministic-kernels"] = Variant(
-    "DETERMINISTIC = True: torch's deterministic kernels (strict), a fixed cuBLAS workspace, inductor choosing "
-    "kernels without timing them", edits=(("\nDETERMINISTIC = False ", "\nDETERMINISTIC = True "),))
+    "DETERMINISTIC = True: torch's deterministic kernels (strict), SDPA without cuDNN's attention, a fixed cuBLAS "
+    "workspace, inductor choosing kernels without timing them", edits=(("\nDETERMINISTIC = False ", "\nDETERMINISTIC = True "),))
 
 
 # Issue 11: jax's plain loss head, whole (B, T, V) float32 logits (the default before LOSS_CHUNKS = 8).

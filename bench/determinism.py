@@ -6,8 +6,9 @@ Builds backends/cuda/train.py's model at the profile's size twice from the same 
 steps on the same batches (random tokens, the profile's device batch and accumulation), and compares every
 step's loss and the final weights bit for bit, in three modes: as the trainer runs; under
 torch.use_deterministic_algorithms(True, warn_only=True), which lists the operations without a deterministic
-kernel instead of failing; and with the canvas's make_deterministic() (DETERMINISTIC = True: strict, so cuDNN's
-attention takes its deterministic backward, and inductor chooses kernels without timing them). Also the median
+kernel instead of failing; and with the canvas's make_deterministic() (DETERMINISTIC = True: strict, SDPA
+without cuDNN's attention so that FlashAttention's deterministic backward runs, and inductor choosing kernels
+without timing them). Also the median
 step time of each, to price determinism. All in one process: a difference between processes (kernel choices
 timed in each) shows only in whole runs (bench/anchor.py --variant deterministic-kernels).
 """

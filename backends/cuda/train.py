@@ -593,12 +593,15 @@ def import_weights(model, arrays):
 
 def make_deterministic():
     """Ask for the same steps to give the same weights on a GPU. Without it two runs part within a few steps
-    (bench/determinism.py): torch's deterministic kernels, strictly (only then does cuDNN's attention take its
-    deterministic backward), a fixed cuBLAS workspace, and inductor choosing kernels without timing them (timing
+    (bench/determinism.py): torch's deterministic kernels, strictly; SDPA without cuDNN's attention, whose
+    backward PyTorch runs only non-deterministically, so that full-window layers take FlashAttention's,
+    deterministic in strict mode (WINDOW_KERNEL = "cudnn" stays non-deterministic); a fixed cuBLAS workspace;
+    and inductor choosing kernels without timing them (timing
     could pick other block sizes, and so other sums, in another process; TUNE_KERNELS is off under it). Call
     before the first CUDA work. Not yet measured on a GPU: bench/determinism.py checks it bit for bit."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts
     torch.use_deterministic_algorithms(True)
+    torch.backends.cuda.enable_cudnn_sdp(False)
     from torch._inductor import config as inductor_config
     inductor_config.deterministic = True
 

@@ -129,8 +129,8 @@ def test_nan_loss_fails_fast(prepared_env, tmp_path):
 @pytest.mark.slow
 def test_deterministic_runs_the_loop_on_deterministic_kernels(prepared_env, tmp_path):
     """DETERMINISTIC = True: the real loop trains and evaluates to its summary with torch's deterministic
-    algorithms on strictly (an operation without a deterministic kernel raises instead of warning), cuBLAS's
-    fixed workspace and inductor's deterministic mode."""
+    algorithms on strictly (an operation without a deterministic kernel raises instead of warning), SDPA
+    without cuDNN's attention, cuBLAS's fixed workspace and inductor's deterministic mode."""
     script = tmp_path / "deterministic.py"
     script.write_text(textwrap.dedent(f"""
         import importlib.util, os, torch
@@ -143,12 +143,12 @@ def test_deterministic_runs_the_loop_on_deterministic_kernels(prepared_env, tmp_
         run_cli(train.main)
         print("state", torch.are_deterministic_algorithms_enabled(),
               torch.is_deterministic_algorithms_warn_only_enabled(), config.deterministic,
-              os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+              os.environ.get("CUBLAS_WORKSPACE_CONFIG"), torch.backends.cuda.cudnn_sdp_enabled())
     """))
     env = {k: v for k, v in prepared_env.items() if k != "CUBLAS_WORKSPACE_CONFIG"}
     out = run([sys.executable, str(script)], env)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    assert "state True False True :4096:8" in out.stdout, out.stdout[-2000:]
+    assert "state True False True :4096:8 False" in out.stdout, out.stdout[-2000:]
     summary = parse_summary(out.stdout)
     assert math.isfinite(summary["val_bpb"]) and summary["num_steps"] > 2
 
