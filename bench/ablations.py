@@ -267,11 +267,11 @@ VARIANTS["jax-float32-embeddings"] = Variant(
 # Where bf16 rounds (bench/rounding_points.py): inductor multiplies a bf16 tensor by a float32 value at float32,
 # even after an explicit .to(bf16), where eager PyTorch and XLA (on the CPU at least) round the operand first.
 # Until 2026-11-30 (thirteenth session) the cuda canvas kept float32 rotary tables cast with .to(q.dtype) in the
-# block, which compiled code drops (upstream stores bf16 tables), and jax and mlx cast the mixing scalars to bf16
-# before the mix (1.005 -> 1.0078, 0.6 -> 0.6016), which upstream's and the cuda canvas's compiled code do not.
+# block (upstream stores bf16 tables; on the CPU the training graph keeps that cast, so the two are bit-identical
+# there), and jax and mlx cast the mixing scalars to bf16 before the mix (1.005 -> 1.0078, 0.6 -> 0.6016), which
+# upstream's and the cuda canvas's compiled code do not.
 VARIANTS["float32-rotary-tables"] = Variant(
-    "the rotary tables kept in float32 and cast in the block, which compiled code drops (upstream and the "
-    "canvas: stored in bf16)",
+    "the rotary tables kept in float32 and cast in the block (upstream and the canvas: stored in bf16)",
     edits=(("    model.cos, model.sin = model.cos.bfloat16(), model.sin.bfloat16()\n", ""),))
 VARIANTS["jax-bf16-lambdas"] = Variant(
     "jax mixes the residual stream with the scalars rounded to bf16 first (the canvas: float32 scalars at "

@@ -1,6 +1,7 @@
-"""How far the cuda canvas's bf16 gradients are from float64's, by compilation mode (issue 10).
+"""How far the cuda canvas's bf16 gradients are from float64's, by compilation mode, and the jax canvas's
+(issue 10).
 
-    python bench/grad_precision.py [--modes eager,regional,whole] [--depth 8] [--seq-len 2048] [--batch 8]
+    python bench/grad_precision.py [--modes eager,regional,whole,jax] [--depth 8] [--seq-len 2048] [--batch 8]
     python bench/grad_precision.py --variant whole-model-graph ...   # a bench/ablations.py variant's canvas
 
 One batch, one set of weights, one forward and backward per mode, each mode's gradients set against the same
@@ -9,7 +10,10 @@ parameter group, and the loss (the reference is always the unmodified canvas's m
 are what is measured). Modes, all in bf16 as the trainer runs on a GPU (autocast, bf16 embeddings):
 - eager: no compilation;
 - regional: the canvas's compile_model (the embedding, each block and the head compiled on their own);
-- whole: the whole model compiled as one graph, as upstream's train.py does.
+- whole: the whole model compiled as one graph, as upstream's train.py does;
+- jax: backends/jax/train.py's model in bf16 over the same weights (exchanged by name), its embeddings stored in
+  bf16 as on a GPU, jitted.
+A variant of the jax backend changes the jax mode's canvas; any other changes the cuda modes'.
 
 The weights are the canvas's initial ones with the output projections and value-embedding gates drawn small
 but non-zero (at init they are zero, which makes most gradients trivial), as after some training.
@@ -22,6 +26,7 @@ import copy
 import json
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -37,14 +42,17 @@ GROUPS = ["wte.weight", "value_embeds.", "lm_head.weight", "resid_lambdas", "x0_
           "blocks.{mid}.", "blocks.{last}."]
 
 
-def load(variant, scratch):
-    path = REPO / "backends" / "cuda" / "train.py"
+MODES = ("eager", "regional", "whole", "jax")
+
+
+def load(variant, scratch, backend="cuda"):
+    path = REPO / "backends" / backend / "train.py"
     if variant:
         scratch.mkdir(parents=True, exist_ok=True)
         copy_path = scratch / f"train_{variant}.py"
         copy_path.write_text(apply(VARIANTS[variant], path.read_text()))
         path = copy_path
-    return load_canvas(path)
+    return load_canvas(path, backend)
 
 
 def perturbed_model(canvas, config, device, seed):
@@ -73,6 +81,24 @@ def gradients(model, x, y, autocast):
     return {n: p.grad.detach().double().cpu() for n, p in model.named_parameters()}, loss.item()
 
 
+def jax_gradients(canvas, config, weights, x, y):
+    """The jax canvas's gradients in bf16 as on a GPU (bf16 compute, bf16-stored embeddings) for the same weights
+    and batch, as float64 tensors by reference name, and its loss; the first call compiles."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    model = canvas.GPT(canvas.GPTConfig(**asdict(config)), jnp.bfloat16, "xla")
+    canvas.import_weights(model, weights)
+    canvas.store_embeddings(model, jnp.bfloat16)
+    modeldef, params = canvas.split_model(model)
+    step = jax.jit(jax.value_and_grad(lambda p, x, y: canvas.merge_model(modeldef, p).mean_loss(x, y)))
+    x, y = (jnp.asarray(t.cpu().numpy(), jnp.int32) for t in (x, y))
+    step(params, x, y)
+    loss, grads = step(params, x, y)
+    return {n: torch.from_numpy(np.asarray(g, np.float64)) for n, g in grads.items()}, float(loss)
+
+
 def relative_errors(grads, reference, groups):
     out = {}
     for group in groups:
@@ -85,7 +111,7 @@ def relative_errors(grads, reference, groups):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--modes", default="eager,regional,whole", help="comma-separated: eager, regional, whole")
+    parser.add_argument("--modes", default="eager,regional,whole", help=f"comma-separated: {', '.join(MODES)}")
     parser.add_argument("--variant", choices=sorted(VARIANTS), help="run a bench/ablations.py variant's canvas")
     parser.add_argument("--depth", type=int, default=8)
     parser.add_argument("--dim", type=int, default=512, help="model width (head_dim 128)")
@@ -96,15 +122,16 @@ def main():
     parser.add_argument("--json", help="write the numbers here")
     args = parser.parse_args()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    unknown = set(modes) - {"eager", "regional", "whole"}
+    unknown = set(modes) - set(MODES)
     if unknown:
-        parser.error(f"unknown mode(s) {sorted(unknown)}: choose from eager, regional, whole")
+        parser.error(f"unknown mode(s) {sorted(unknown)}: choose from {', '.join(MODES)}")
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     # The reference is the unmodified canvas's math in float64 (a variant may cast to float32 on purpose). The
     # variant loads last: both are modules named cuda_train, and torch.compile resolves the later one.
+    jax_variant = args.variant if args.variant and VARIANTS[args.variant].backend == "jax" else None
     plain = load(None, None)
-    canvas = load(args.variant, REPO / "runs" / "grad_precision") if args.variant else plain
+    canvas = load(args.variant, REPO / "runs" / "grad_precision") if args.variant and not jax_variant else plain
     config = canvas.GPTConfig(sequence_len=args.seq_len, vocab_size=args.vocab, n_layer=args.depth,
                               n_head=args.dim // 128 or 1, n_embd=args.dim, window_pattern="SSSL")
     base = perturbed_model(canvas, config, device, args.seed)
@@ -122,14 +149,19 @@ def main():
           f"torch {torch.__version__} | float64 loss {ref_loss:.6f}", flush=True)
     results = {}
     for mode in modes:
+        t0 = time.time()
+        if mode == "jax":
+            jax_canvas = load(jax_variant, REPO / "runs" / "grad_precision", "jax")
+            grads, loss = jax_gradients(jax_canvas, config, plain.export_weights(base), x, y)
+            results[mode] = dict(loss=loss, errors=relative_errors(grads, ref_grads, groups))
+            print(f"{mode}: loss {loss:.6f} ({time.time() - t0:.0f} s)", flush=True)
+            continue
         model = copy.deepcopy(base)
-        model.wte.to(torch.bfloat16)
-        model.value_embeds.to(torch.bfloat16)
+        canvas.store_in_bf16(model)
         if mode == "regional":
             canvas.compile_model(model)
         elif mode == "whole":
             model.compile(dynamic=False)
-        t0 = time.time()
         gradients(model, x, y, autocast=True)  # the first call compiles
         grads, loss = gradients(model, x, y, autocast=True)
         results[mode] = dict(loss=loss, errors=relative_errors(grads, ref_grads, groups))

@@ -12,6 +12,10 @@ the mixing scalars so until 2026-11-30); XLA may remove such a cast pair too (xl
 fold a table computed inside the program into a bf16 constant. Each row says
 which operand the compiled result was computed with: "bf16" (rounded first, as eager PyTorch), "float32" (as
 if the cast were not there), or "neither".
+
+These graphs are forward-only. A training graph (forward and backward compiled together) may keep a cast whose
+result the backward saves: in the cuda canvas's, the float32 rotary tables' cast is kept (docs/notes/fidelity.md
+section 19), while the mixing scalars stay float32.
 """
 
 import sys

@@ -454,8 +454,8 @@ def build_model(config, device="cpu", seed=SEED):
 
 def store_in_bf16(model):
     """Store in bf16 what upstream's GPU model stores in bf16: the token and value embeddings (halves their
-    traffic) and the rotary tables. The tables must be stored so, not cast in the block: compiled code drops a
-    cast to bf16 that a multiply follows and would multiply by the float32 values (bench/rounding_points.py)."""
+    traffic) and the rotary tables. Stored, the tables hold upstream's values whatever the compiler keeps of a
+    cast in the block (a forward-only graph drops it, the training graph keeps it: bench/rounding_points.py)."""
     model.wte.to(torch.bfloat16)
     model.value_embeds.to(torch.bfloat16)
     model.cos, model.sin = model.cos.bfloat16(), model.sin.bfloat16()

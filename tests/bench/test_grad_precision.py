@@ -44,3 +44,15 @@ def test_a_variant_is_measured_against_the_unmodified_canvas_in_float64(tmp_path
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     errors = json.loads((tmp_path / "g.json").read_text())["modes"]["eager"]["errors"]
     assert 1e-3 < errors["blocks.0."] < 5e-2
+
+
+def test_the_jax_mode_takes_the_same_weights_and_lands_a_bf16_rounding_away(tmp_path):
+    """The jax canvas's bf16 gradients over the cuda model's weights (exchanged by name): a bf16 rounding from
+    float64's, as the cuda modes', which a wrong weight exchange or a float32 model would not give."""
+    out = run(*TINY, "--modes", "jax", "--json", str(tmp_path / "g.json"))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    record = json.loads((tmp_path / "g.json").read_text())
+    errors = record["modes"]["jax"]["errors"]
+    for group in ("wte.weight", "lm_head.weight", "blocks.0.", "blocks.3."):
+        assert 1e-3 < errors[group] < 5e-2, (group, errors[group])
+    assert abs(record["modes"]["jax"]["loss"] - record["float64_loss"]) < 1e-2

@@ -182,7 +182,7 @@ def test_scalars_sit_out_the_first_step(train):
 def test_the_gpu_model_stores_upstreams_bf16_tables(train):
     """On a GPU build_model stores the embeddings and the rotary tables in bf16 (store_in_bf16), as upstream. The
     tables hold upstream's values, cos and sin of position x 10000^(-2i / head_dim) computed in float32 and rounded
-    once: compiled code would drop a cast inside the block, so they must be stored so. The model still runs."""
+    once, whatever the compiler keeps of the cast in the block. The model still runs."""
     config = train.tiny_config()
     model = train.build_model(config)
     train.store_in_bf16(model)
