@@ -13,9 +13,11 @@ fold a table computed inside the program into a bf16 constant. Each row says
 which operand the compiled result was computed with: "bf16" (rounded first, as eager PyTorch), "float32" (as
 if the cast were not there), or "neither".
 
-These graphs are forward-only. A training graph (forward and backward compiled together) may keep a cast whose
-result the backward saves: in the cuda canvas's, the float32 rotary tables' cast is kept (docs/notes/fidelity.md
-section 19), while the mixing scalars stay float32.
+torch's rows include "compiled, training": x requires grad, so forward and backward compile together, as the
+canvas trains. These lone expressions drop the cast in either graph, but the cuda canvas's own training graph
+keeps its float32 rotary tables' cast (docs/notes/fidelity.md section 19: the old and new tables give
+bit-identical gradients), while its mixing scalars stay float32. What the compiler keeps depends on the whole
+graph, so only the canvas itself answers for certain.
 """
 
 import sys
@@ -55,9 +57,11 @@ def torch_rows():
     rows = []
     for name, fn, operand in cases:
         with_bf16, with_float32 = refs(operand)
-        for mode, f in (("eager", fn), ("compiled", torch.compile(fn, dynamic=False))):
+        # "training": x requires grad, so forward and backward compile as one graph, as the canvas trains
+        for mode, f, x_in in (("eager", fn, x), ("compiled", torch.compile(fn, dynamic=False), x),
+                              ("compiled, training", torch.compile(fn, dynamic=False), x.clone().requires_grad_())):
             rows.append(("torch " + torch.__version__, device, mode, name,
-                         verdict(as_np(f(operand, x)), with_bf16, with_float32)))
+                         verdict(as_np(f(operand, x_in).detach()), with_bf16, with_float32)))
     return rows
 
 

@@ -19,4 +19,5 @@ def test_the_probe_tells_the_two_roundings_apart():
     assert verdicts[("eager", "scalar * x (upstream, cuda canvas)")] == "bf16"
     assert verdicts[("compiled", "scalar * x (upstream, cuda canvas)")] == "float32"
     assert verdicts[("compiled", "x * table.to(x.dtype) (cuda's rotary until 2026-11-30)")] == "float32"
+    assert verdicts[("compiled, training", "scalar * x (upstream, cuda canvas)")] == "float32"
 
