@@ -8,9 +8,9 @@ step's loss and the final weights bit for bit, in three modes: as the trainer ru
 torch.use_deterministic_algorithms(True, warn_only=True), which lists the operations without a deterministic
 kernel instead of failing; and with the canvas's make_deterministic() (DETERMINISTIC = True: strict, SDPA
 without cuDNN's attention so that FlashAttention's deterministic backward runs, and inductor choosing kernels
-without timing them). Also the median
-step time of each, to price determinism. All in one process: a difference between processes (kernel choices
-timed in each) shows only in whole runs (bench/anchor.py --variant deterministic-kernels).
+without timing them). Also the median step time of each, to price determinism. All in one process: a
+difference between processes (kernel choices timed in each) shows only in whole runs (bench/anchor.py
+--variant deterministic-kernels).
 """
 
 import argparse
@@ -91,6 +91,7 @@ def main():
         print("   losses:", " ".join(f"{v:.6f}" for v in a[0]), "|", " ".join(f"{v:.6f}" for v in b[0]))
         for message in sorted({str(w.message).splitlines()[0][:160] for w in caught if "determinis" in str(w.message)}):
             print("   nondeterministic:", message)
+
 
 if __name__ == "__main__":
     main()

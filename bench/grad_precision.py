@@ -153,20 +153,19 @@ def main():
         if mode == "jax":
             jax_canvas = load(jax_variant, REPO / "runs" / "grad_precision", "jax")
             grads, loss = jax_gradients(jax_canvas, config, plain.export_weights(base), x, y)
-            results[mode] = dict(loss=loss, errors=relative_errors(grads, ref_grads, groups))
-            print(f"{mode}: loss {loss:.6f} ({time.time() - t0:.0f} s)", flush=True)
-            continue
-        model = copy.deepcopy(base)
-        canvas.store_in_bf16(model)
-        if mode == "regional":
-            canvas.compile_model(model)
-        elif mode == "whole":
-            model.compile(dynamic=False)
-        gradients(model, x, y, autocast=True)  # the first call compiles
-        grads, loss = gradients(model, x, y, autocast=True)
+        else:
+            model = copy.deepcopy(base)
+            canvas.store_in_bf16(model)
+            if mode == "regional":
+                canvas.compile_model(model)
+            elif mode == "whole":
+                model.compile(dynamic=False)
+            gradients(model, x, y, autocast=True)  # the first call compiles
+            grads, loss = gradients(model, x, y, autocast=True)
+            del model
         results[mode] = dict(loss=loss, errors=relative_errors(grads, ref_grads, groups))
         print(f"{mode}: loss {loss:.6f} ({time.time() - t0:.0f} s)", flush=True)
-        del model, grads
+        del grads
 
     print("\nrelative gradient error against float64 (Frobenius norm over the group)")
     print("group".ljust(16) + "".join(m.rjust(12) for m in results))

@@ -596,9 +596,9 @@ def make_deterministic():
     (bench/determinism.py): torch's deterministic kernels, strictly; SDPA without cuDNN's attention, whose
     backward PyTorch runs only non-deterministically, so that full-window layers take FlashAttention's,
     deterministic in strict mode (WINDOW_KERNEL = "cudnn" stays non-deterministic); a fixed cuBLAS workspace;
-    and inductor choosing kernels without timing them (timing
-    could pick other block sizes, and so other sums, in another process; TUNE_KERNELS is off under it). Call
-    before the first CUDA work. Not yet measured on a GPU: bench/determinism.py checks it bit for bit."""
+    and inductor choosing kernels without timing them (timing could pick other block sizes, and so other sums,
+    in another process; TUNE_KERNELS is off under it). Call before the first CUDA work. Not yet measured on a
+    GPU: bench/determinism.py checks it bit for bit."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts
     torch.use_deterministic_algorithms(True)
     torch.backends.cuda.enable_cudnn_sdp(False)
