@@ -3,7 +3,7 @@ budget and the same kind of GPU, in one table.
 
     python bench/anchor.py [--backend cuda] [--budget 60] [--repeat 3] [--gpus 0,1] [--data FOLDER]
                            [--upstream DIR] [--variant NAME ...] [--no-upstream] [--warmup SECONDS]
-                           [--deadline SECONDS] [--out DIR]
+                           [--deadline SECONDS] [--no-pin] [--out DIR]
 
 Upstream's code is never part of this project: it is fetched at run time with git into the git-ignored folder
 .upstream/<commit> at the pinned commit UPSTREAM_COMMIT, or read from --upstream DIR (a folder holding its
@@ -13,10 +13,11 @@ HOME whose cache holds the same data files as ours (the last file is its pinned 
 be importable: upstream's prepare.py trains its own tokenizer.
 
 Jobs (upstream, our backend, each --variant of bench/ablations.py, --repeat times each, interleaved) go to
-the GPUs of --gpus one at a time per GPU, so with two GPUs upstream and ours train side by side. A job that
-could not finish before --deadline seconds is skipped and listed. --warmup first runs each trainer once for
-that many seconds, outside the table, so that no measured run trains beside another's cold compile. Logs,
-results.jsonl and anchor.md (the table) are written to --out.
+the GPUs of --gpus one at a time per GPU, so with two GPUs upstream and ours train side by side. Each GPU's
+runs are pinned to their own share of the CPUs (--no-pin shares them all). A job that could not finish before
+--deadline seconds is skipped and listed. --warmup first runs each trainer once for that many seconds,
+outside the table, so that no measured run trains beside another's cold compile. Logs, results.jsonl (a line
+as each run ends) and anchor.md (the table) are written to --out.
 
 Columns: steps; tokens/s over the timed steps; MFU (upstream's and ours both divide by 989.5 TFLOP/s on an
 H100 or H200); peak GPU memory; val_bpb; total - training = process wall time not spent training (start-up,
@@ -224,8 +225,30 @@ def child(args):
     run_cli(load_canvas(args.canvas, args.backend).main, profile)
 
 
-def run_job(job, gpu, out, timeout):
-    """Runs a job on one GPU ('' = whatever is visible); returns its row for the table."""
+def cpu_shares(n):
+    """This process's CPUs in n disjoint, contiguous shares, one per GPU, or None for one GPU. Side by side, a
+    trainer's host work (upstream tokenizes on its training thread; a cold compile takes every core it may)
+    must not take the other's cores: on 2026-11-30 upstream ran host-bound beside ours, 175-186 steps to 200."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if n < 2 or len(cpus) < n:
+        return None
+    size = len(cpus) // n
+    return [cpus[k * size:(k + 1) * size] for k in range(n)]
+
+
+def cpu_list(cpus):
+    """[0, 1, 2, 5] -> '0-2,5', as taskset writes it."""
+    spans = []
+    for c in cpus:
+        if spans and c == spans[-1][1] + 1:
+            spans[-1][1] = c
+        else:
+            spans.append([c, c])
+    return ",".join(f"{a}-{b}" if b > a else f"{a}" for a, b in spans)
+
+
+def run_job(job, gpu, out, timeout, cpus=None):
+    """Runs a job on one GPU ('' = whatever is visible), on `cpus` alone if given; returns its row for the table."""
     env = dict(job.env)
     if gpu != "":
         env["CUDA_VISIBLE_DEVICES"] = gpu
@@ -233,14 +256,19 @@ def run_job(job, gpu, out, timeout):
     log.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     with open(log, "w") as f:
-        try:
-            status = subprocess.run(job.command, cwd=job.cwd, env=env, stdout=f, stderr=subprocess.STDOUT,
-                                    timeout=timeout).returncode
-        except subprocess.TimeoutExpired:
-            status = "timeout"
+        with subprocess.Popen(job.command, cwd=job.cwd, env=env, stdout=f, stderr=subprocess.STDOUT) as proc:
+            if cpus:  # the interpreter has only just started: every thread it makes from here inherits the set
+                os.sched_setaffinity(proc.pid, cpus)
+            try:
+                status = proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                status = "timeout"
     wall = time.time() - t0
     row = dict(name=job.name, group=job.group, budget=job.budget, index=job.index, gpu=gpu, wall=round(wall, 1),
                started=datetime.datetime.fromtimestamp(t0, datetime.timezone.utc).isoformat(timespec="seconds"))
+    if cpus:
+        row["cpus"] = cpu_list(cpus)
     text = log.read_text(errors="replace").replace("\r", "\n")
     try:
         if status != 0:
@@ -254,10 +282,19 @@ def run_job(job, gpu, out, timeout):
     return row
 
 
-def run_all(jobs, gpus, out, deadline, timeout, progress=print):
+def run_all(jobs, gpus, out, deadline, timeout, progress=print, record=None, pin=True):
     """Each GPU takes the next job when it is free (of those whose slot is its place in `gpus`, or that have
-    none); a job that could not end before the deadline is skipped. Returns the rows in job order."""
+    none), on its own share of the CPUs if `pin`; a job that could not end before the deadline is skipped.
+    `record(row)` is called as each row is done (so a killed call keeps what finished). Returns the rows in
+    job order."""
     t0, lock, rows, pending = time.time(), threading.Lock(), {}, list(jobs)
+    shares = cpu_shares(len(gpus)) if pin else None
+
+    def done(row):
+        with lock:
+            rows[row["name"]] = row
+            if record:
+                record(row)
 
     def worker(k, gpu):  # the k-th listed GPU
         while True:
@@ -272,12 +309,12 @@ def run_all(jobs, gpus, out, deadline, timeout, progress=print):
                 time.sleep(1)
                 continue
             if late:
-                rows[job.name] = dict(name=job.name, group=job.group, budget=job.budget, index=job.index,
-                                      gpu=gpu, error="skipped: would end after the deadline")
+                done(dict(name=job.name, group=job.group, budget=job.budget, index=job.index, gpu=gpu,
+                          error="skipped: would end after the deadline"))
                 continue
             progress(f"[{time.time() - t0:6.0f}s] gpu {gpu or '-'}: {job.name} ...")
-            row = run_job(job, gpu, out, timeout)
-            rows[job.name] = row
+            row = run_job(job, gpu, out, timeout, shares and shares[k])
+            done(row)
             shown = f"val_bpb {row['val_bpb']:.4f}, {row['steps']} steps" if "val_bpb" in row else row["error"]
             progress(f"[{time.time() - t0:6.0f}s] gpu {gpu or '-'}: {job.name}: {shown}")
 
@@ -423,12 +460,12 @@ def plan(args, code, out, budget, repeat, variant_repeat):
     return jobs
 
 
-def warm_up(jobs, gpus, out):
+def warm_up(jobs, gpus, out, pin):
     """One short run of each trainer before the measured ones, left out of the table and of results.jsonl:
     it fills the compile caches, so that no measured run trains beside another's cold compile (which takes
     the host's cores: upstream's first 60-s run lost 17 of its ~198 steps beside ours, 2026-11-30)."""
     print(f"warm-up: {len(jobs)} run(s) of {jobs[0].budget:g} s, not in the table", flush=True)
-    for row in run_all(jobs, gpus, out, None, timeout=jobs[0].budget + 900):
+    for row in run_all(jobs, gpus, out, None, timeout=jobs[0].budget + 900, pin=pin):
         if "error" in row:
             print(f"warm-up {row['name']} failed: {row['error']}", flush=True)
 
@@ -459,6 +496,8 @@ def main():
     parser.add_argument("--warmup", type=float, default=0,
                         help="first a run of this many seconds of each trainer, not in the table (fills the caches)")
     parser.add_argument("--deadline", type=float, help="start no run that could end after this many seconds")
+    parser.add_argument("--no-pin", action="store_true",
+                        help="let side-by-side runs share all CPUs (by default each GPU's runs get their own share)")
     parser.add_argument("--out", default=str(REPO / "runs" / "anchor"), help="logs, results.jsonl and anchor.md")
     args = parser.parse_args()
     if args.cmd == "child":
@@ -477,17 +516,21 @@ def main():
     gpus = [g.strip() for g in args.gpus.split(",")]
     started = time.time()
     if args.warmup:
-        warm_up(plan(args, code, out, args.warmup, 1, 1), gpus, out)
+        warm_up(plan(args, code, out, args.warmup, 1, 1), gpus, out, not args.no_pin)
     deadline = args.deadline and max(args.deadline - (time.time() - started), 1e-3)
     t0 = datetime.datetime.now(datetime.timezone.utc)
-    rows = run_all(jobs, gpus, out, deadline, timeout=2 * args.budget + 600)
+    shares = None if args.no_pin else cpu_shares(len(gpus))
     heading = (f"bench-anchor {t0:%Y-%m-%d %H:%M} UTC | {machine()} | profile {args.profile}, budget {args.budget:g} s"
-               f" | data {args.data or 'climbmix'} | upstream {'-' if args.no_upstream else UPSTREAM_COMMIT[:12]}")
+               f" | data {args.data or 'climbmix'} | upstream {'-' if args.no_upstream else UPSTREAM_COMMIT[:12]}"
+               f" | {f'{len(shares[0])} CPUs per GPU' if shares else 'CPUs shared'}")
+
+    def record(row):
+        with open(out / "results.jsonl", "a") as f:
+            f.write(json.dumps(dict(row, heading=heading)) + "\n")
+
+    rows = run_all(jobs, gpus, out, deadline, timeout=2 * args.budget + 600, record=record, pin=not args.no_pin)
     text = table(rows, heading)
     (out / "anchor.md").write_text(text + "\n")
-    with open(out / "results.jsonl", "a") as f:
-        for r in rows:
-            f.write(json.dumps(dict(r, heading=heading)) + "\n")
     with tarfile.open(out / "logs.tar.gz", "w:gz") as tar:
         tar.add(out / "logs", arcname="logs")
     print("\n" + text)

@@ -1,9 +1,11 @@
 """bench/anchor.py and bench/ablations.py on the CPU: the parts that need no GPU and no upstream checkout."""
 
 import os
+import re
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -148,6 +150,43 @@ def test_side_by_side_pairs_swap_gpus_from_one_repeat_to_the_next(tmp_path):
     assert gpu["jax_0.1s_1"] in ("3", "5") and len(rows) == 7
     for r in rows:
         assert f"gpu={r['gpu']}" in (tmp_path / "logs" / f"{r['name']}.log").read_text()
+
+
+def test_side_by_side_runs_each_have_their_own_cpus_and_each_row_is_recorded_as_it_ends(tmp_path):
+    """With two GPUs each run is pinned to its GPU's half of the CPUs, threads included (a thread started in the
+    child reports its own set), and record() sees every row once, the first before the last run has ended. With
+    pin=False every run may use every CPU."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs")
+    code = ("import os, sys, threading, time; seen = []; t = threading.Thread(target=lambda: seen.append("
+            "sorted(os.sched_getaffinity(0)))); t.start(); t.join(); print('cpus=' + repr(seen[0])); "
+            "time.sleep(float(sys.argv[1]))")
+    def job(index, slot, sleep):
+        return anchor.Job("cuda", 0.1, index, [sys.executable, "-c", code, str(sleep)], tmp_path, dict(os.environ),
+                          lambda text: dict(num_steps=1, tokens_per_sec=1.0, mfu_percent=1.0, peak_vram_mb=1.0,
+                                            val_bpb=1.0, training_seconds=0.1,
+                                            cpus=eval(re.search(r"cpus=(\[.*\])", text).group(1))), slot)
+    recorded = []
+    rows = anchor.run_all([job(1, 0, 0), job(2, 1, 0), job(3, 0, 1.5)], ["0", "1"], tmp_path, None, timeout=60,
+                          progress=lambda line: None, record=lambda row: recorded.append((row["name"], time.time())))
+    assert sorted(name for name, _ in recorded) == ["cuda_0.1s_1", "cuda_0.1s_2", "cuda_0.1s_3"]
+    assert recorded[-1][0] == "cuda_0.1s_3" and recorded[0][1] < recorded[-1][1] - 1.0
+    half = len(cpus) // 2
+    seen = {}
+    for row in rows:
+        text = (tmp_path / "logs" / f"{row['name']}.log").read_text()
+        seen[row["gpu"]] = set(eval(re.search(r"cpus=(\[.*\])", text).group(1)))
+        assert row["cpus"] == anchor.cpu_list(sorted(seen[row["gpu"]]))
+    assert seen["0"] == set(cpus[:half]) and seen["1"] == set(cpus[half:2 * half])
+    shared = anchor.run_all([job(4, 0, 0)], ["0", "1"], tmp_path, None, timeout=60, progress=lambda line: None,
+                            pin=False)
+    assert "cpus" not in shared[0]
+    assert f"cpus={cpus!r}" in (tmp_path / "logs" / "cuda_0.1s_4.log").read_text()
+
+
+def test_cpu_lists_are_written_as_taskset_writes_them():
+    assert anchor.cpu_list([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8" and anchor.cpu_list([3]) == "3"
 
 
 def test_an_upstream_folder_without_its_files_is_a_clear_error(tmp_path):
