@@ -522,7 +522,7 @@ def main():
     shares = None if args.no_pin else cpu_shares(len(gpus))
     heading = (f"bench-anchor {t0:%Y-%m-%d %H:%M} UTC | {machine()} | profile {args.profile}, budget {args.budget:g} s"
                f" | data {args.data or 'climbmix'} | upstream {'-' if args.no_upstream else UPSTREAM_COMMIT[:12]}"
-               f" | {f'{len(shares[0])} CPUs per GPU' if shares else 'CPUs shared'}")
+               f" | {f'{len(shares[0])} CPU(s) per GPU' if shares else 'CPUs shared'}")
 
     def record(row):
         with open(out / "results.jsonl", "a") as f:
