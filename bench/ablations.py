@@ -14,7 +14,8 @@ class Variant:
     edits: tuple = ()                  # (find, replace) pairs applied to backends/<backend>/train.py
     profile: dict = field(default_factory=dict)   # Profile fields to override, e.g. {"untimed_steps": 2}
     backend: str = "cuda"
-    cuda_init: bool = False            # the run gets $AUTORESEARCH_INIT_WEIGHTS: the cuda model's initial weights
+    cuda_init: int = None              # a SEED: the run gets $AUTORESEARCH_INIT_WEIGHTS, the cuda model's initial
+                                       # weights for that seed
 
 
 UNTIMED_2 = Variant("2 untimed steps (upstream: 11)", profile={"untimed_steps": 2})
@@ -62,7 +63,7 @@ VARIANTS["before"] = Variant(
 # for the same seed, so a jax run and a cuda run differ only in what they compute.
 VARIANTS["from-cuda-init"] = Variant(
     "jax started from the cuda backend's initial weights (exported by torch on the same GPU)", backend="jax",
-    cuda_init=True,
+    cuda_init=42,
     edits=(("    model = build_model(config, gpu=gpu)\n",
             "    model = build_model(config, gpu=gpu)\n"
             "    import_weights(model, dict(np.load(os.environ['AUTORESEARCH_INIT_WEIGHTS'])))\n"),))
@@ -227,6 +228,12 @@ for seed in (43, 44, 45, 46):
     VARIANTS[f"seed-{seed}"] = Variant(f"SEED = {seed} (initial weights drawn from another seed; data order unchanged)",
                                        edits=other_seed)
     VARIANTS[f"jax-seed-{seed}"] = Variant(f"jax with SEED = {seed}", backend="jax", edits=other_seed)
+    # Paired with seed-N: both backends from the same weights at another seed. Whether jax's gap to cuda from
+    # one seed's weights repeats at others tells a difference in what jax computes from where its rounding
+    # happened to lead that one run (fidelity.md section 21).
+    VARIANTS[f"from-cuda-init-seed-{seed}"] = Variant(
+        f"jax from the cuda backend's initial weights for SEED = {seed} (beside seed-{seed})", backend="jax",
+        cuda_init=seed, edits=VARIANTS["from-cuda-init"].edits)
 
 # The scalar mixing weights' first gradient is rounding noise (zero_scalar_gradients in the canvases says why).
 # Upstream's first AdamW step turns it into a full step of +-lr (x0_lambdas: 0.1 -> 0.6 or -0.4); every backend
@@ -246,7 +253,7 @@ VARIANTS["jax-scalar-kick"] = Variant(
     "jax with upstream's scalars (as cuda:scalar-kick)", backend="jax", edits=JAX_UPSTREAM_SCALARS + JAX_KICK)
 VARIANTS["from-cuda-init-scalar-kick"] = Variant(
     "jax from the cuda backend's initial weights with upstream's scalars (as cuda:scalar-kick)", backend="jax",
-    cuda_init=True, edits=VARIANTS["from-cuda-init"].edits + JAX_UPSTREAM_SCALARS + JAX_KICK)
+    cuda_init=42, edits=VARIANTS["from-cuda-init"].edits + JAX_UPSTREAM_SCALARS + JAX_KICK)
 # What the backends did from fec23ec: upstream's starting values, the first gradient zeroed (no jump at all).
 VARIANTS["scalars-from-upstream-init"] = Variant(
     "resid_lambdas from 1.0 and x0_lambdas from 0.1 (upstream's init_weights), the first gradient zeroed",

@@ -175,8 +175,8 @@ def our_job(args, backend, variant, index, out, budget):
     if variant:
         canvas = apply(VARIANTS[variant], canvas)
         group, overrides = f"{backend}:{variant}", VARIANTS[variant].profile
-        if VARIANTS[variant].cuda_init:
-            env["AUTORESEARCH_INIT_WEIGHTS"] = str(out / "cuda_init.npz")
+        if VARIANTS[variant].cuda_init is not None:
+            env["AUTORESEARCH_INIT_WEIGHTS"] = str(cuda_init_path(out, VARIANTS[variant].cuda_init))
     path = out / "canvases" / f"{group.replace(':', '-')}.py"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(canvas)
@@ -188,13 +188,18 @@ def our_job(args, backend, variant, index, out, budget):
     return Job(group, budget, index, command, REPO, env, parse_summary)
 
 
-def export_cuda_init(args, path):
-    """The cuda backend's initial weights at the profile's size, built where it trains (the GPU when there is
-    one: CUDA draws other numbers than the CPU), saved in the exchange format for --variant from-cuda-init."""
+def cuda_init_path(out, seed):
+    return out / f"cuda_init_{seed}.npz"
+
+
+def export_cuda_init(args, seed, path):
+    """The cuda backend's initial weights for `seed` at the profile's size, built where it trains (the GPU when
+    there is one: CUDA draws other numbers than the CPU), saved in the exchange format for the from-cuda-init
+    variants."""
     code = ("import sys, numpy as np, torch; sys.path.insert(0, 'bench'); from anchor_checks import load_ours; "
             "from common.platform import get_profile; from common.tokenizer import Tokenizer; t = load_ours(); "
             f"p = get_profile({args.profile!r}); c = t.model_config(p.depth, p.max_seq_len, Tokenizer.load().vocab_size); "
-            "m = t.build_model(c, 'cuda' if torch.cuda.is_available() else 'cpu'); "
+            f"m = t.build_model(c, 'cuda' if torch.cuda.is_available() else 'cpu', seed={int(seed)}); "
             f"np.savez({str(path)!r}, **t.export_weights(m))")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     if args.data:
@@ -511,8 +516,8 @@ def main():
     prepare(args.data, if_needed=True)
     code = None if args.no_upstream else upstream_code(args.upstream)
     jobs = plan(args, code, out, args.budget, args.repeat, args.variant_repeat)
-    if any(VARIANTS[v].cuda_init for v in args.variant):
-        export_cuda_init(args, out / "cuda_init.npz")
+    for seed in sorted({VARIANTS[v].cuda_init for v in args.variant} - {None}):
+        export_cuda_init(args, seed, cuda_init_path(out, seed))
     gpus = [g.strip() for g in args.gpus.split(",")]
     started = time.time()
     if args.warmup:

@@ -213,17 +213,24 @@ def test_ours_and_a_variant_side_by_side_on_the_cpu(prepared_env, tmp_path):
 
 @pytest.mark.slow
 def test_jax_from_the_cuda_backends_initial_weights(prepared_env, tmp_path):
-    """--variant from-cuda-init: the cuda model's initial weights are exported and the jax run starts from them
-    (on the CPU here: torch's CPU draws; on a GPU, the GPU's)."""
+    """--variant from-cuda-init and from-cuda-init-seed-43: the cuda model's initial weights for each seed are
+    exported (on the CPU here: torch's CPU draws; on a GPU, the GPU's) and each jax run starts from its own."""
     pytest.importorskip("jax")
     out = subprocess.run([sys.executable, "bench/anchor.py", "--no-upstream", "--profile", "smoke", "--budget", "2",
-                          "--repeat", "0", "--gpus", "", "--variant", "from-cuda-init", "--out", str(tmp_path)],
+                          "--repeat", "0", "--gpus", "", "--variant", "from-cuda-init", "--variant",
+                          "from-cuda-init-seed-43", "--out", str(tmp_path)],
                          cwd=REPO, env=prepared_env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "| jax-from-cuda-init_2s_1 |" in (tmp_path / "anchor.md").read_text()
+    table = (tmp_path / "anchor.md").read_text()
+    assert "| jax-from-cuda-init_2s_1 |" in table and "| jax-from-cuda-init-seed-43_2s_1 |" in table
     import numpy as np
-    weights = np.load(tmp_path / "cuda_init.npz")
-    assert weights["wte.weight"].shape == (8192, 128) and not weights["blocks.0.mlp.c_proj.weight"].any()
+    seed42, seed43 = (np.load(tmp_path / f"cuda_init_{seed}.npz") for seed in (42, 43))
+    assert seed42["wte.weight"].shape == (8192, 128) and not seed42["blocks.0.mlp.c_proj.weight"].any()
+    assert not np.array_equal(seed42["wte.weight"], seed43["wte.weight"])
+    # Step 1 shows step 0's loss: the two runs share the canvas's SEED and data, so only the weights differ.
+    first_loss = [next(line for line in (tmp_path / "logs" / f"{name}_2s_1.log").read_text().splitlines()
+                       if line.startswith("step 00001")) for name in ("jax-from-cuda-init", "jax-from-cuda-init-seed-43")]
+    assert first_loss[0].split("|")[1] != first_loss[1].split("|")[1], first_loss
 
 
 @pytest.mark.slow
