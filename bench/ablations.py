@@ -228,9 +228,9 @@ for seed in (43, 44, 45, 46):
     VARIANTS[f"seed-{seed}"] = Variant(f"SEED = {seed} (initial weights drawn from another seed; data order unchanged)",
                                        edits=other_seed)
     VARIANTS[f"jax-seed-{seed}"] = Variant(f"jax with SEED = {seed}", backend="jax", edits=other_seed)
-    # Paired with seed-N: both backends from the same weights at another seed. Whether jax's gap to cuda from
-    # one seed's weights repeats at others tells a difference in what jax computes from where its rounding
-    # happened to lead that one run (fidelity.md section 21).
+    # Paired with seed-N: both backends from the same weights at another seed. If jax's gap to cuda repeats at
+    # every seed, jax computes something differently; if it changes sign, it was where one run's rounding led
+    # (fidelity.md section 21).
     VARIANTS[f"from-cuda-init-seed-{seed}"] = Variant(
         f"jax from the cuda backend's initial weights for SEED = {seed} (beside seed-{seed})", backend="jax",
         cuda_init=seed, edits=VARIANTS["from-cuda-init"].edits)
