@@ -70,12 +70,16 @@ def test_import_weights_round_trip_gives_the_same_losses(train):
         train.import_weights(target, {k: v for k, v in train.export_weights(source).items() if k != "wte.weight"})
 
 
-def test_loss_falls_on_a_fixed_batch(train):
+def tiny_trainer(train):
+    """(config, modeldef, params, opt_state, step) of the tiny model, ready to take training steps."""
     config = train.tiny_config()
     modeldef, params = train.split_model(train.build_model(config))
     optimizer = train.build_optimizer(params)
-    opt_state = optimizer.init(params)
-    step = train.make_train_step(modeldef, optimizer)
+    return config, modeldef, params, optimizer.init(params), train.make_train_step(modeldef, optimizer)
+
+
+def test_loss_falls_on_a_fixed_batch(train):
+    config, _, params, opt_state, step = tiny_trainer(train)
     x, y = fixed_batch(config)
     losses = []
     for i in range(40):
@@ -84,6 +88,32 @@ def test_loss_falls_on_a_fixed_batch(train):
     assert losses[0] == pytest.approx(math.log(config.vocab_size), rel=0.05)  # uniform at init (lm_head ~ 0)
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < 0.3 * losses[0], losses[::5]
+
+
+def test_the_evaluation_program_compiles_beside_training_and_runs_without_compiling_again(train):
+    """main() compiles the evaluation's loss program on a thread while the first training steps compile and run
+    (they donate the weights' buffers). Afterwards the loss of the trained weights runs without a backend
+    compilation, and gives what a plain jitted call gives."""
+    compiles = []
+
+    def listen(name, secs, **kwargs):
+        if name == "/jax/core/compile/backend_compile_duration":
+            compiles.append(secs)
+
+    config, modeldef, params, opt_state, step = tiny_trainer(train)
+    x, y = fixed_batch(config)
+    losses = train.make_loss_fn(modeldef)
+    background = train.compile_in_background(losses, params, x, y)
+    for i in range(3):
+        params, opt_state, _ = step(params, opt_state, [(x[:2], y[:2]), (x[2:], y[2:])], i / 3, i)
+    background.join()
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        evaluated = np.asarray(losses(params, y, x))
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert compiles == []
+    np.testing.assert_array_equal(evaluated, np.asarray(train.make_loss_fn(modeldef)(params, y, x)))
 
 
 def test_bf16_compute_follows_float32(train):
