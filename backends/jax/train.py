@@ -580,16 +580,14 @@ def make_loss_fn(modeldef):
     return jax.jit(lambda params, inputs, targets: merge_model(modeldef, params)(inputs, targets))
 
 
-def compile_in_background(jitted, *args):
-    """A started thread that compiles `jitted` for the shapes and dtypes of args; a later call with such
+def compile_thread(jitted, *args):
+    """A thread that, once started, compiles `jitted` for the shapes and dtypes of args; a later call with such
     arguments runs that program without compiling. main() compiles the evaluation program beside the untimed
     steps, not after training (XLA took ~8 s for it on an H200 with a cold cache). Only shapes go to the
     thread (the training step donates the weights' buffers), and no placements: with them, the call compiled
     again."""
     specs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), args)
-    thread = threading.Thread(target=lambda: jitted.lower(*specs).compile(), daemon=True)
-    thread.start()
-    return thread
+    return threading.Thread(target=lambda: jitted.lower(*specs).compile(), daemon=True)
 
 
 def export_weights(model):
@@ -672,6 +670,7 @@ def main(profile=None):
     loader = make_loader("train", device_batch, seq_len, tokenizer=tokenizer)  # the files' order, as upstream
     losses = make_loss_fn(modeldef)  # the evaluation's per-token losses
     eval_batch = np.zeros((device_batch, seq_len), np.int32)
+    eval_compile = compile_thread(losses, params, eval_batch, eval_batch)
 
     def next_batch():
         x, y, epoch = next(loader)
@@ -712,7 +711,7 @@ def main(profile=None):
             gc.freeze()
             # After the first step's compilation, not beside it: XLA times candidate kernels on the GPU as it
             # compiles, and two programs tuned at once could each pick slower ones.
-            eval_compile = compile_in_background(losses, params, eval_batch, eval_batch)
+            eval_compile.start()
         if time.time() - t_log > 1.0 or step <= profile.untimed_steps:
             t_log = time.time()
             tok_s = total_batch / dt

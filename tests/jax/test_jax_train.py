@@ -103,7 +103,8 @@ def test_the_evaluation_program_compiles_beside_training_and_runs_without_compil
     config, modeldef, params, opt_state, step = tiny_trainer(train)
     x, y = fixed_batch(config)
     losses = train.make_loss_fn(modeldef)
-    background = train.compile_in_background(losses, params, x, y)
+    background = train.compile_thread(losses, params, x, y)
+    background.start()
     for i in range(3):
         params, opt_state, _ = step(params, opt_state, [(x[:2], y[:2]), (x[2:], y[2:])], i / 3, i)
     background.join()
