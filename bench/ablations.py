@@ -301,6 +301,21 @@ VARIANTS["jax-plain-head"] = Variant(
     backend="jax", edits=(("\nLOSS_CHUNKS = 8 ", "\nLOSS_CHUNKS = 1 "),))
 
 
+# Issue 10: jax's windowed layers through XLA's attention (the textbook computation: float32 logits and softmax,
+# bf16 probabilities into the value matmul) instead of cuDNN's banded kernel, the one GPU path that jax takes and
+# the reference does not (the reference's windows: FlexAttention). Rematerialised in the backward (jax.checkpoint,
+# the same operations again), as its (B, H, T, T) float32 logits would not fit six layers' worth on one GPU.
+VARIANTS["jax-xla-window-attention"] = Variant(
+    "jax's sliding windows through XLA's attention, recomputed in the backward (ours: cuDNN's banded kernel)",
+    backend="jax",
+    edits=(("    return jax.nn.dot_product_attention(q, k, v, is_causal=True, local_window_size=local, "
+            "implementation=implementation)\n",
+            "    if local:\n"
+            "        return jax.checkpoint(partial(jax.nn.dot_product_attention, is_causal=True, local_window_size=local,"
+            " implementation=\"xla\"))(q, k, v)\n"
+            "    return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=implementation)\n"),))
+
+
 def apply(variant, text):
     """The canvas text with the variant's edits; a ValueError names an edit that does not apply once."""
     for find, replace in variant.edits:

@@ -250,3 +250,41 @@ def test_gpu_parity_runs_both_trainers_from_the_same_weights_on_the_cpu(prepared
     assert len(cuda["losses"]) == len(jax["losses"]) == 3
     table = (tmp_path / "gpu_parity.md").read_text()
     assert "| jax-own-init |" in table and "x0_lambdas" in table
+
+
+@pytest.mark.slow
+def test_same_steps_trains_both_backends_on_the_same_batches_and_scores_each_with_both_evaluations(
+        prepared_env, tmp_path):
+    """bench/same_steps.py on the CPU (float32, smoke model): from the same weights and batches, the two
+    trainers' per-step losses agree, and each run's final weights score alike under either backend's
+    evaluation (on a GPU, where they differ, that separates training from evaluation)."""
+    pytest.importorskip("jax")
+    out = subprocess.run([sys.executable, "bench/same_steps.py", "--profile", "smoke", "--steps", "3", "--gpus", "",
+                          "--run", "cuda", "--run", "jax", "--run", "jax:jax-xla-window-attention",
+                          "--out", str(tmp_path)], cwd=REPO, env=prepared_env, capture_output=True, text=True,
+                         timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    import json
+    runs = {r: json.loads((tmp_path / f"train_{r}.json").read_text())
+            for r in ("cuda", "jax", "jax-jax-xla-window-attention")}
+    assert all(len(r["losses"]) == 3 for r in runs.values())
+    for r in runs.values():
+        assert r["losses"] == pytest.approx(runs["cuda"]["losses"], rel=1e-5)
+    assert runs["cuda"]["losses"][2] < runs["cuda"]["losses"][0]  # it trained
+    scores = {b: json.loads((tmp_path / f"eval_{b}.json").read_text()) for b in ("cuda", "jax")}
+    assert set(scores["cuda"]) == set(scores["jax"]) == set(runs)
+    for name in runs:
+        assert scores["jax"][name] == pytest.approx(scores["cuda"]["cuda"], rel=1e-5)
+        assert scores["cuda"][name] == pytest.approx(scores["cuda"]["cuda"], rel=1e-5)
+    assert "| jax:jax-xla-window-attention |" in (tmp_path / "same_steps.md").read_text()
+
+
+def test_same_steps_refuses_a_variant_that_acts_through_main(prepared_env, tmp_path):
+    """A variant that edits main() (from-cuda-init loads weights there) would silently change nothing in a
+    harness that drives train_step itself: it is refused, naming bench/anchor.py, before anything trains."""
+    out = subprocess.run([sys.executable, "bench/same_steps.py", "--profile", "smoke", "--steps", "3", "--gpus", "",
+                          "--run", "cuda", "--run", "jax:from-cuda-init", "--out", str(tmp_path)], cwd=REPO,
+                         env=prepared_env, capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0
+    assert "edits main()" in out.stderr + out.stdout and "anchor.py" in out.stderr + out.stdout
+    assert not list(tmp_path.glob("train_*.json"))
