@@ -196,8 +196,9 @@ def export_cuda_init(args, seed, path):
     """The cuda backend's initial weights for `seed` at the profile's size, built where it trains (the GPU when
     there is one: CUDA draws other numbers than the CPU), saved in the exchange format for the from-cuda-init
     variants."""
-    code = ("import sys, numpy as np, torch; sys.path.insert(0, 'bench'); from anchor_checks import load_ours; "
-            "from common.platform import get_profile; from common.tokenizer import Tokenizer; t = load_ours(); "
+    code = ("import sys, numpy as np, torch; sys.path.insert(0, 'bench'); from anchor import load_canvas; "
+            "from common.platform import get_profile; from common.tokenizer import Tokenizer; "
+            "t = load_canvas('backends/cuda/train.py'); "
             f"p = get_profile({args.profile!r}); c = t.model_config(p.depth, p.max_seq_len, Tokenizer.load().vocab_size); "
             f"m = t.build_model(c, 'cuda' if torch.cuda.is_available() else 'cpu', seed={int(seed)}); "
             f"np.savez({str(path)!r}, **t.export_weights(m))")

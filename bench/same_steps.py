@@ -2,7 +2,7 @@
                              [--profile h100] [--data FOLDER] [--deadline SECONDS] [--out DIR]
 
 Each --run (a backend, or backend:variant of bench/ablations.py) trains for exactly --steps optimizer steps,
-from the same initial weights (the cuda backend's for SEED, exported on the GPU: upstream's) and on the same
+from the same initial weights (the cuda backend's for --seed, exported on the GPU: upstream's draws) and on the same
 batches (the loader's order), with the schedules on step progress (step / steps: the LR constant, then the
 warmdown over the second half; weight decay to zero; the Muon momentum ramp by step), as a 60-s run's ~200
 steps see them on the clock. Then every run's final weights are scored by both backends' evaluation (the
@@ -14,6 +14,8 @@ backends may be in training or in evaluation. The table gives, per run: the medi
 training loss over the last quarter of the steps, and its mean paired difference from the first run's on the
 same batches; val_bpb by the cuda evaluation and by the jax evaluation. A variant acts only through what the
 model, the optimizer and train_step read (its edits must lie outside main(), which this does not run).
+`--run jax-own-init` is jax from its own initial draws for SEED (what its main() trains from): the control for
+what the draws are worth.
 
 Runs go to the GPUs of --gpus in the order given, one at a time per GPU, each on its own share of the CPUs,
 each in its own process (jax takes most of a GPU's memory); then the two evaluations, one per GPU. A run that
@@ -44,11 +46,15 @@ from common.errors import ContractError, run_cli  # noqa: E402
 EVAL_RESERVE_S = 150  # the two evaluations at the end, each a fresh process with its compile
 
 
+OWN_INIT = "jax-own-init"  # the one run that does not start from the cuda weights: jax's own draws for SEED
+
+
 def canvas_for(run, out):
-    """The path of run's canvas ('cuda', 'jax' or 'backend:variant'), written under out/canvases."""
-    backend, _, variant = run.partition(":")
+    """The path of run's canvas ('cuda', 'jax', 'jax-own-init' or 'backend:variant'), written under out/canvases."""
+    backend, _, variant = ("jax", "", "") if run == OWN_INIT else run.partition(":")
     if backend not in ("cuda", "jax"):
-        raise ContractError(f"--run {run!r}: the backend must be cuda or jax, as in 'jax' or 'jax:jax-plain-head'.")
+        raise ContractError(f"--run {run!r}: the backend must be cuda or jax, as in 'jax' or 'jax:jax-plain-head' "
+                            f"(or {OWN_INIT}).")
     text = (REPO / "backends" / backend / "train.py").read_text()
     if variant:
         v = VARIANTS.get(variant)
@@ -108,7 +114,7 @@ def train_cuda(args, out, canvas):
     return losses, times, t.export_weights(model)
 
 
-def train_jax(args, out, canvas):
+def train_jax(args, out, canvas, own_init=False):
     os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")
     import jax
     import jax.numpy as jnp
@@ -119,7 +125,8 @@ def train_jax(args, out, canvas):
     profile, config, accum, loader = setup(args)
     gpu = t.on_gpu()
     model = t.build_model(t.GPTConfig(**vars(config)), gpu=gpu)
-    t.import_weights(model, dict(np.load(out / "init.npz")))
+    if not own_init:
+        t.import_weights(model, dict(np.load(out / "init.npz")))
     modeldef, params = t.split_model(model)
     optimizer = t.build_optimizer(params, ortho_dtype=jnp.bfloat16 if gpu else jnp.float32)
     opt_state = optimizer.init(params)
@@ -191,8 +198,10 @@ def stage(args):
         return 0
     run = args.stage[len("train-"):]
     canvas = canvas_for(run, out)
-    train = train_cuda if run.partition(":")[0] == "cuda" else train_jax
-    losses, times, weights = train(args, out, canvas)
+    if run.partition(":")[0] == "cuda":
+        losses, times, weights = train_cuda(args, out, canvas)
+    else:
+        losses, times, weights = train_jax(args, out, canvas, own_init=run == OWN_INIT)
     name = run.replace(":", "-")
     np.savez(out / f"weights_{name}.npz", **weights)
     (out / f"train_{name}.json").write_text(json.dumps(dict(run=run, losses=losses, step_s=times)))

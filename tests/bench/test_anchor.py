@@ -227,6 +227,13 @@ def test_jax_from_the_cuda_backends_initial_weights(prepared_env, tmp_path):
     seed42, seed43 = (np.load(tmp_path / f"cuda_init_{seed}.npz") for seed in (42, 43))
     assert seed42["wte.weight"].shape == (8192, 128) and not seed42["blocks.0.mlp.c_proj.weight"].any()
     assert not np.array_equal(seed42["wte.weight"], seed43["wte.weight"])
+    # The canvas's own initial weights, every tensor (until 2026-12-01 the scalars were upstream's 1.0 and 0.1).
+    from common.platform import get_profile
+    cuda, profile = anchor.load_canvas(REPO / "backends" / "cuda" / "train.py"), get_profile("smoke")
+    config = cuda.model_config(profile.depth, profile.max_seq_len, seed42["wte.weight"].shape[0])
+    canvas = cuda.export_weights(cuda.build_model(config, "cpu", seed=42))
+    assert set(canvas) == set(seed42.files)
+    assert all(np.array_equal(canvas[name], seed42[name]) for name in canvas), "not the canvas's weights"
     # Step 1 shows step 0's loss: the two runs share the canvas's SEED and data, so only the weights differ.
     first_loss = [next(line for line in (tmp_path / "logs" / f"{name}_2s_1.log").read_text().splitlines()
                        if line.startswith("step 00001")) for name in ("jax-from-cuda-init", "jax-from-cuda-init-seed-43")]
@@ -261,8 +268,8 @@ def test_same_steps_trains_both_backends_on_the_same_batches_and_scores_each_wit
     pytest.importorskip("jax")
     out = subprocess.run([sys.executable, "bench/same_steps.py", "--profile", "smoke", "--steps", "3", "--gpus", "",
                           "--run", "cuda", "--run", "jax", "--run", "jax:jax-xla-window-attention",
-                          "--out", str(tmp_path)], cwd=REPO, env=prepared_env, capture_output=True, text=True,
-                         timeout=900)
+                          "--run", "jax-own-init", "--out", str(tmp_path)], cwd=REPO, env=prepared_env,
+                         capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     import json
     runs = {r: json.loads((tmp_path / f"train_{r}.json").read_text())
@@ -271,8 +278,10 @@ def test_same_steps_trains_both_backends_on_the_same_batches_and_scores_each_wit
     for r in runs.values():
         assert r["losses"] == pytest.approx(runs["cuda"]["losses"], rel=1e-5)
     assert runs["cuda"]["losses"][2] < runs["cuda"]["losses"][0]  # it trained
+    own = json.loads((tmp_path / "train_jax-own-init.json").read_text())["losses"]  # jax's own draws: others
+    assert own[0] != pytest.approx(runs["cuda"]["losses"][0], rel=1e-5)
     scores = {b: json.loads((tmp_path / f"eval_{b}.json").read_text()) for b in ("cuda", "jax")}
-    assert set(scores["cuda"]) == set(scores["jax"]) == set(runs)
+    assert set(scores["cuda"]) == set(scores["jax"]) == set(runs) | {"jax-own-init"}
     for name in runs:
         assert scores["jax"][name] == pytest.approx(scores["cuda"]["cuda"], rel=1e-5)
         assert scores["cuda"][name] == pytest.approx(scores["cuda"]["cuda"], rel=1e-5)
