@@ -18,7 +18,7 @@ model, the optimizer and train_step read (its edits must lie outside main(), whi
 what the draws are worth.
 
 Runs go to the GPUs of --gpus in the order given, one at a time per GPU, each on its own share of the CPUs,
-each in its own process (jax takes most of a GPU's memory); then the two evaluations, one per GPU. A run that
+each in its own process (jax takes most of a GPU's memory); then the evaluations (--evaluations), one per GPU. A run that
 could not end before --deadline (seconds from the start, leaving time for the evaluations) is skipped and
 listed. Per-step losses and the table go to --out; the final weights stay there too (about 200 MB a run).
 """
@@ -43,7 +43,7 @@ from ablations import VARIANTS, apply  # noqa: E402
 from anchor import cpu_shares, export_cuda_init, load_canvas  # noqa: E402
 from common.errors import ContractError, run_cli  # noqa: E402
 
-EVAL_RESERVE_S = 150  # the two evaluations at the end, each a fresh process with its compile
+EVAL_RESERVE_S = 75  # per evaluation at the end, each a fresh process with its compile
 
 
 OWN_INIT = "jax-own-init"  # the one run that does not start from the cuda weights: jax's own draws for SEED
@@ -270,18 +270,19 @@ def table(out, runs, steps):
     tail = slice(steps - max(steps // 4, 1), steps)
     lines = [f"same_steps: {steps} steps, the first run ({trained[0] if trained else '-'}) as reference",
              "", "| run | median step ms | train loss, last quarter | paired diff vs first | val_bpb (cuda eval) "
-             "| val_bpb (jax eval) | diff vs first (cuda eval) |", "|---|---:|---:|---:|---:|---:|---:|"]
+             "| val_bpb (jax eval) | val_bpb diff vs first |", "|---|---:|---:|---:|---:|---:|---:|"]
     ref = trained[0] if trained else None
     for r in trained:
         d, name = data[r], r.replace(":", "-")
         loss = statistics.fmean(d["losses"][tail])
         paired = statistics.fmean(a - b for a, b in zip(d["losses"][tail], data[ref]["losses"][tail]))
         cu, jx = scores["cuda"].get(name), scores["jax"].get(name)
-        cu_ref = scores["cuda"].get(ref.replace(":", "-"))
+        by = scores["cuda"] if scores["cuda"] else scores["jax"]  # the cuda evaluation where it ran
+        mine, first = by.get(name), by.get(ref.replace(":", "-"))
         show = lambda v, fmt: format(v, fmt) if v is not None else "-"  # noqa: E731
         lines.append(f"| {r} | {1000 * statistics.median(d['step_s'][2:] or d['step_s']):.0f} | {loss:.5f} | "
                      f"{paired:+.5f} | {show(cu, '.6f')} | {show(jx, '.6f')} | "
-                     f"{show(cu - cu_ref if cu is not None and cu_ref is not None else None, '+.6f')} |")
+                     f"{show(mine - first if mine is not None and first is not None else None, '+.6f')} |")
     return "\n".join(lines)
 
 
@@ -295,6 +296,7 @@ def main():
     parser.add_argument("--data", default=os.environ.get("AUTORESEARCH_DATA"))
     parser.add_argument("--seed", type=int, default=42, help="the cuda backend's initial weights for this seed")
     parser.add_argument("--deadline", type=float, help="seconds from the start within which to finish")
+    parser.add_argument("--evaluations", default="cuda,jax", help="whose evaluations score the weights")
     parser.add_argument("--out", default=str(REPO / "runs" / "same_steps"))
     parser.add_argument("--stage", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -326,8 +328,11 @@ def main():
     if visible is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = visible
     end = args.deadline and t0 + args.deadline
-    status = run_on_gpus(args, [f"train-{r}" for r in runs], gpus, end, EVAL_RESERVE_S, log)
-    status.update(run_on_gpus(args, ["eval-cuda", "eval-jax"], gpus, end, 0, log))
+    evaluations = [f"eval-{b.strip()}" for b in args.evaluations.split(",")]
+    if not set(evaluations) <= {"eval-cuda", "eval-jax"}:
+        raise ContractError(f"--evaluations {args.evaluations!r}: name cuda, jax or both, as in cuda,jax.")
+    status = run_on_gpus(args, [f"train-{r}" for r in runs], gpus, end, EVAL_RESERVE_S * len(evaluations), log)
+    status.update(run_on_gpus(args, evaluations, gpus, end, 0, log))
     text = table(out, runs, args.steps)
     text += "\n\n" + ", ".join(f"{k}: {v}" for k, v in status.items())
     (out / "same_steps.md").write_text(text + "\n")
