@@ -170,7 +170,6 @@ def evaluate_all(args, out, backend):
         load = lambda arrays: t.import_weights(model, arrays)  # noqa: E731
     else:
         os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")
-        import jax  # noqa: F401
         t = load_canvas(REPO / "backends" / "jax" / "train.py", "jax")
         config = t.model_config(profile.depth, profile.max_seq_len, Tokenizer.load().vocab_size)
         model = t.build_model(config)
@@ -233,9 +232,10 @@ def run_stage(args, name, gpu, cpus, timeout):
 
 
 def run_on_gpus(args, names, gpus, end, reserve, log):
-    """Each GPU takes the next stage when it is free; a stage is skipped once fewer than `reserve` seconds are
-    left before `end` (a time.time(), or None). Returns {name: 'ok' | 'failed' | 'skipped'}."""
-    lock, pending, status = threading.Lock(), list(names), {}
+    """Each GPU takes the next stage when it is free. A stage starts only if it can end, as long as the longest
+    stage so far took, with `reserve` seconds to spare before `end` (a time.time(), or None); else it is
+    skipped. Returns {name: 'ok' | 'failed' | 'skipped'}."""
+    lock, pending, status, longest = threading.Lock(), list(names), {}, [0.0]
     shares = cpu_shares(len(gpus))
 
     def worker(k, gpu):
@@ -245,12 +245,15 @@ def run_on_gpus(args, names, gpus, end, reserve, log):
                     return
                 name = pending.pop(0)
             left = end - time.time() if end else 3600 + reserve
-            if left < reserve:
+            if left < reserve + longest[0]:
                 status[name] = "skipped"
-                log(f"gpu {gpu}: {name}: skipped (the deadline)")
+                log(f"gpu {gpu}: {name}: skipped ({left:.0f} s left, the longest stage took {longest[0]:.0f} s)")
                 continue
             log(f"gpu {gpu}: {name} ...")
+            t0 = time.time()
             ok = run_stage(args, name, gpu, shares and shares[k], left - reserve + 60)
+            with lock:
+                longest[0] = max(longest[0], time.time() - t0)
             status[name] = "ok" if ok else "failed"
             log(f"gpu {gpu}: {name}: {status[name]}")
 
