@@ -44,8 +44,6 @@ from anchor import cpu_shares, export_cuda_init, load_canvas  # noqa: E402
 from common.errors import ContractError, run_cli  # noqa: E402
 
 EVAL_RESERVE_S = 75  # per evaluation at the end, each a fresh process with its compile
-
-
 OWN_INIT = "jax-own-init"  # the one run that does not start from the cuda weights: jax's own draws for SEED
 
 
