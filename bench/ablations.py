@@ -316,6 +316,17 @@ VARIANTS["jax-xla-window-attention"] = Variant(
             "    return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=implementation)\n"),))
 
 
+# Issue 10: jax from upstream's weights without torch: bench/torch_cuda_draws.py draws the cuda canvas's initial
+# weights with numpy as torch draws them on an H100 or H200 (a candidate until its `check` has run on a GPU).
+VARIANTS["jax-upstream-draws"] = Variant(
+    "jax from the cuda canvas's initial weights drawn on the host by bench/torch_cuda_draws.py", backend="jax",
+    edits=(("    model = build_model(config, gpu=gpu)\n",
+            "    model = build_model(config, gpu=gpu)\n"
+            "    sys.path.insert(0, 'bench')  # the harness runs canvases from the repository's root\n"
+            "    from torch_cuda_draws import canvas_initial_weights\n"
+            "    import_weights(model, canvas_initial_weights(config, SEED))\n"),))
+
+
 def apply(variant, text):
     """The canvas text with the variant's edits; a ValueError names an edit that does not apply once."""
     for find, replace in variant.edits:

@@ -214,15 +214,17 @@ def test_ours_and_a_variant_side_by_side_on_the_cpu(prepared_env, tmp_path):
 @pytest.mark.slow
 def test_jax_from_the_cuda_backends_initial_weights(prepared_env, tmp_path):
     """--variant from-cuda-init and from-cuda-init-seed-43: the cuda model's initial weights for each seed are
-    exported (on the CPU here: torch's CPU draws; on a GPU, the GPU's) and each jax run starts from its own."""
+    exported (on the CPU here: torch's CPU draws; on a GPU, the GPU's) and each jax run starts from its own;
+    jax-upstream-draws trains from the host's reproduction of an H100's draws."""
     pytest.importorskip("jax")
     out = subprocess.run([sys.executable, "bench/anchor.py", "--no-upstream", "--profile", "smoke", "--budget", "2",
                           "--repeat", "0", "--gpus", "", "--variant", "from-cuda-init", "--variant",
-                          "from-cuda-init-seed-43", "--out", str(tmp_path)],
+                          "from-cuda-init-seed-43", "--variant", "jax-upstream-draws", "--out", str(tmp_path)],
                          cwd=REPO, env=prepared_env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     table = (tmp_path / "anchor.md").read_text()
     assert "| jax-from-cuda-init_2s_1 |" in table and "| jax-from-cuda-init-seed-43_2s_1 |" in table
+    assert "| jax-jax-upstream-draws_2s_1 |" in table  # from bench/torch_cuda_draws.py's host draws
     import numpy as np
     seed42, seed43 = (np.load(tmp_path / f"cuda_init_{seed}.npz") for seed in (42, 43))
     assert seed42["wte.weight"].shape == (8192, 128) and not seed42["blocks.0.mlp.c_proj.weight"].any()
