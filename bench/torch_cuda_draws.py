@@ -51,9 +51,10 @@ def philox4x32_10(c0, c1, c2, c3, key):
 class CudaGenerator:
     """torch's default CUDA generator after torch.manual_seed(seed), on a GPU of the given layout."""
 
-    def __init__(self, seed, layout=H100_LAYOUT):
+    def __init__(self, seed, layout=H100_LAYOUT, fused=True):
         self.seed, self.offset = seed, 0
         self.multiprocessors, self.threads_per_multiprocessor = layout
+        self.fused = fused  # whether nvcc fused a * b + c into one rounding (its default), or rounded twice
 
     def raw(self, numel):
         """The 32-bit words one normal_ / uniform_ call of numel elements draws, shaped (passes, 4, stride):
@@ -72,7 +73,7 @@ class CudaGenerator:
         numel = int(np.prod(shape))
         u = unit(self.raw(numel)).reshape(-1)[:numel]
         low32, high32 = np.float32(low), np.float32(high)
-        value = (u.astype(np.float64) * np.float64(high32 - low32) + np.float64(low32)).astype(np.float32)  # fma
+        value = self.multiply_add(u, high32 - low32, low32)
         return np.where(value == high32, low32, value).reshape(shape)
 
     def normal(self, shape, std, mean=0.0):
@@ -82,11 +83,17 @@ class CudaGenerator:
         step = np.float32(2.0**-32) * np.float32(6.2831855)
         for i in (0, 2):  # Box-Muller on each thread's words (i, i + 1): (sin, cos) of the second, scaled
             s = np.sqrt(np.float32(-2.0) * np.log(unit(w[:, i])))
-            v = (w[:, i + 1].astype(np.float32).astype(np.float64) * np.float64(step) + np.float64(step) / 2)
-            v = v.astype(np.float32)
+            v = self.multiply_add(w[:, i + 1].astype(np.float32), step, step / 2)
             out[:, i], out[:, i + 1] = np.sin(v) * s, np.cos(v) * s
-        drawn = out.reshape(-1)[:numel].astype(np.float64)
-        return (drawn * np.float64(np.float32(std)) + np.float64(mean)).astype(np.float32).reshape(shape)
+        return self.multiply_add(out.reshape(-1)[:numel], np.float32(std), np.float32(mean)).reshape(shape)
+
+    def multiply_add(self, a, b, c):
+        """a * b + c of float32 values: computed exactly in float64 and rounded once (a fused multiply-add; float64
+        holds a float32 product exactly), or with the product rounded to float32 first."""
+        a, b, c = (np.asarray(x, np.float32) for x in (a, b, c))
+        if self.fused:
+            return (a.astype(np.float64) * b.astype(np.float64) + c.astype(np.float64)).astype(np.float32)
+        return a * b + c
 
 
 def unit(words):
@@ -94,10 +101,10 @@ def unit(words):
     return (words.astype(np.float32).astype(np.float64) * 2.0**-32 + 2.0**-33).astype(np.float32)
 
 
-def canvas_initial_weights(config, seed, layout=H100_LAYOUT):
+def canvas_initial_weights(config, seed, layout=H100_LAYOUT, fused=True):
     """The cuda canvas's init_weights for `config` and `seed` (the canvas's export_weights names), drawn here:
     the same distributions in the same order as GPT.init_weights in backends/cuda/train.py."""
-    gen = CudaGenerator(seed, layout)
+    gen = CudaGenerator(seed, layout, fused)
     L, D, V = config.n_layer, config.n_embd, config.vocab_size
     s = 3**0.5 * D**-0.5
     w = {"wte.weight": gen.normal((V, D), 1.0), "lm_head.weight": gen.normal((V, D), 0.001)}
@@ -139,9 +146,10 @@ def check(args):
     rounded = lambda a: torch.from_numpy(a).bfloat16().float().numpy()  # noqa: E731
     same = all(np.array_equal(built[n], a) or np.array_equal(built[n], rounded(a)) for n, a in drawn.items())
     mine = canvas_initial_weights(config, args.seed, layout)
+    unfused = canvas_initial_weights(config, args.seed, layout, fused=False)  # which rounding nvcc did, if exact
     print(f"{props.name}: {layout[0]} multiprocessors x {layout[1]} threads; torch {torch.__version__}; seed {args.seed}")
     print(f"build_model's weights are these draws (the tables rounded to bf16): {same}")
-    print("| tensor | elements | exactly equal | max abs diff | max rel diff (|x| > 1e-3 x sd) |")
+    print("| tensor | elements | exactly equal, fused / unfused | max abs diff | max rel diff (|x| > 1e-3 x sd) |")
     print("|---|---:|---:|---:|---:|")
     worst = 0.0 if same and set(mine) == set(drawn) else float("inf")
     for name in sorted(drawn):
@@ -155,7 +163,8 @@ def check(args):
         big = scale > 1e-3 * (want.std() or 1.0)
         rel = float((diff[big] / scale[big]).max()) if big.any() else 0.0
         worst = max(worst, rel)
-        print(f"| {name} | {want.size} | {np.mean(got == want):.4f} | {diff.max():.3g} | {rel:.3g} |")
+        print(f"| {name} | {want.size} | {np.mean(got == want):.4f} / {np.mean(unfused[name] == want):.4f} | "
+              f"{diff.max():.3g} | {rel:.3g} |")
     print(f"worst relative difference: {worst:.3g}")
     return 0 if worst < 1e-4 else 1
 

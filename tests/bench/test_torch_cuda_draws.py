@@ -57,3 +57,12 @@ def test_the_drawn_weights_have_the_canvas_names_shapes_and_fixed_values():
     assert abs(float(drawn["lm_head.weight"].std()) - 0.001) < 0.00002
     s = 3**0.5 * config.n_embd**-0.5
     assert 0.95 * s < np.abs(drawn["blocks.0.attn.c_q.weight"]).max() <= s
+
+
+def test_fused_and_unfused_rounding_differ_only_in_the_last_bit():
+    """`check` reports which rounding of a * b + c nvcc compiled (one fused multiply-add or two roundings): the
+    two draw the same numbers to float32's last bit, and not all of them identically."""
+    fused = CudaGenerator(42).uniform((512, 512), -0.0765, 0.0765)
+    unfused = CudaGenerator(42, fused=False).uniform((512, 512), -0.0765, 0.0765)
+    assert np.allclose(fused, unfused, rtol=0, atol=np.spacing(np.float32(0.0765)))
+    assert 0 < np.mean(fused != unfused) < 1
