@@ -47,6 +47,11 @@ EVAL_RESERVE_S = 75  # per evaluation at the end, each a fresh process with its 
 OWN_INIT = "jax-own-init"  # the one run that does not start from the cuda weights: jax's own draws for SEED
 
 
+def slug(run):
+    """A run's name in file names: 'jax:jax-plain-head' -> 'jax-jax-plain-head'."""
+    return run.replace(":", "-")
+
+
 def canvas_for(run, out):
     """The path of run's canvas ('cuda', 'jax', 'jax-own-init' or 'backend:variant'), written under out/canvases."""
     backend, _, variant = ("jax", "", "") if run == OWN_INIT else run.partition(":")
@@ -65,7 +70,7 @@ def canvas_for(run, out):
                                 "not run (it drives the model, the optimizer and train_step itself). Use bench/"
                                 "anchor.py for it.")
         text = apply(v, text)
-    path = out / "canvases" / f"{run.replace(':', '-')}.py"
+    path = out / "canvases" / f"{slug(run)}.py"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
@@ -81,6 +86,17 @@ def setup(args):
     config = t.model_config(profile.depth, profile.max_seq_len, Tokenizer.load().vocab_size)
     accum = profile.total_batch_size // (profile.device_batch_size * profile.max_seq_len)
     return profile, config, accum, make_loader("train", profile.device_batch_size, profile.max_seq_len)
+
+
+def take_steps(steps, accum, loader, step):
+    """(the loss of each step, its wall time): step(batches, i) takes the i-th step's accum (inputs, targets)
+    micro-batches as numpy arrays and returns its mean loss (a sync, so the time is the step's)."""
+    losses, times = [], []
+    for i in range(steps):
+        t0 = time.time()
+        losses.append(step([next(loader)[:2] for _ in range(accum)], i))
+        times.append(time.time() - t0)
+    return losses, times
 
 
 def train_cuda(args, out, canvas):
@@ -100,15 +116,12 @@ def train_cuda(args, out, canvas):
         t.compile_optimizer(optimizer)
         from torch._inductor import config as inductor_config
         inductor_config.cpp.vec_isa_ok = False
-    losses, times = [], []
-    for step in range(args.steps):
-        t0 = time.time()
-        batches = []
-        for _ in range(accum):
-            x, y, _ = next(loader)
-            batches.append((torch.from_numpy(x).to(device).long(), torch.from_numpy(y).to(device).long()))
-        losses.append(t.train_step(model, optimizer, batches, step / args.steps, step).item())
-        times.append(time.time() - t0)
+    put = lambda a: torch.from_numpy(a).to(device).long()  # noqa: E731
+
+    def step(batches, i):
+        return t.train_step(model, optimizer, [(put(x), put(y)) for x, y in batches], i / args.steps, i).item()
+
+    losses, times = take_steps(args.steps, accum, loader, step)
     return losses, times, t.export_weights(model)
 
 
@@ -129,16 +142,14 @@ def train_jax(args, out, canvas, own_init=False):
     optimizer = t.build_optimizer(params, ortho_dtype=jnp.bfloat16 if gpu else jnp.float32)
     opt_state = optimizer.init(params)
     train_step = t.make_train_step(modeldef, optimizer)
-    losses, times = [], []
-    for step in range(args.steps):
-        t0 = time.time()
-        batches = []
-        for _ in range(accum):
-            x, y, _ = next(loader)
-            batches.append((jax.device_put(x), jax.device_put(y)))
-        params, opt_state, loss = train_step(params, opt_state, batches, step / args.steps, step)
-        losses.append(float(loss))
-        times.append(time.time() - t0)
+
+    def step(batches, i):
+        nonlocal params, opt_state
+        batches = [(jax.device_put(x), jax.device_put(y)) for x, y in batches]
+        params, opt_state, loss = train_step(params, opt_state, batches, i / args.steps, i)
+        return float(loss)
+
+    losses, times = take_steps(args.steps, accum, loader, step)
     return losses, times, t.export_weights(t.merge_model(modeldef, params))
 
 
@@ -149,7 +160,7 @@ def evaluate_all(args, out, backend):
     from common.platform import get_profile
     from common.tokenizer import Tokenizer
     profile = get_profile(args.profile)
-    names = [n for n in (r.replace(":", "-") for r in args.run) if (out / f"weights_{n}.npz").exists()]
+    names = [n for n in (slug(r) for r in args.run) if (out / f"weights_{n}.npz").exists()]
     if not names:
         return {}
     if backend == "cuda":
@@ -199,7 +210,7 @@ def stage(args):
         losses, times, weights = train_cuda(args, out, canvas)
     else:
         losses, times, weights = train_jax(args, out, canvas, own_init=run == OWN_INIT)
-    name = run.replace(":", "-")
+    name = slug(run)
     np.savez(out / f"weights_{name}.npz", **weights)
     (out / f"train_{name}.json").write_text(json.dumps(dict(run=run, losses=losses, step_s=times)))
     return 0
@@ -217,7 +228,7 @@ def run_stage(args, name, gpu, cpus, timeout):
         env["AUTORESEARCH_DATA"] = str(Path(args.data).resolve())
     if gpu != "":
         env["CUDA_VISIBLE_DEVICES"] = gpu
-    log = out / "logs" / f"{name.replace(':', '-')}.log"
+    log = out / "logs" / f"{slug(name)}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as f, subprocess.Popen(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT) as proc:
         if cpus:
@@ -265,8 +276,8 @@ def run_on_gpus(args, names, gpus, end, reserve, log):
 
 def table(out, runs, steps):
     """The markdown table of the runs that trained, the first as the reference of the paired differences."""
-    trained = [r for r in runs if (out / f"train_{r.replace(':', '-')}.json").exists()]
-    data = {r: json.loads((out / f"train_{r.replace(':', '-')}.json").read_text()) for r in trained}
+    trained = [r for r in runs if (out / f"train_{slug(r)}.json").exists()]
+    data = {r: json.loads((out / f"train_{slug(r)}.json").read_text()) for r in trained}
     scores = {b: json.loads(p.read_text()) if (p := out / f"eval_{b}.json").exists() else {} for b in ("cuda", "jax")}
     tail = slice(steps - max(steps // 4, 1), steps)
     lines = [f"same_steps: {steps} steps, the first run ({trained[0] if trained else '-'}) as reference",
@@ -274,12 +285,12 @@ def table(out, runs, steps):
              "| val_bpb (jax eval) | val_bpb diff vs first |", "|---|---:|---:|---:|---:|---:|---:|"]
     ref = trained[0] if trained else None
     for r in trained:
-        d, name = data[r], r.replace(":", "-")
+        d, name = data[r], slug(r)
         loss = statistics.fmean(d["losses"][tail])
         paired = statistics.fmean(a - b for a, b in zip(d["losses"][tail], data[ref]["losses"][tail]))
         cu, jx = scores["cuda"].get(name), scores["jax"].get(name)
         by = scores["cuda"] if scores["cuda"] else scores["jax"]  # the cuda evaluation where it ran
-        mine, first = by.get(name), by.get(ref.replace(":", "-"))
+        mine, first = by.get(name), by.get(slug(ref))
         show = lambda v, fmt: format(v, fmt) if v is not None else "-"  # noqa: E731
         lines.append(f"| {r} | {1000 * statistics.median(d['step_s'][2:] or d['step_s']):.0f} | {loss:.5f} | "
                      f"{paired:+.5f} | {show(cu, '.6f')} | {show(jx, '.6f')} | "
