@@ -1,4 +1,4 @@
-"""python bench/torch_cuda_draws.py check [--profile h100] [--seed 42]    (on an NVIDIA GPU)
+"""python bench/torch_cuda_draws.py check [--profile h100] [--seed 42]    (on an NVIDIA GPU; no data needed)
 
 The cuda canvas's initial weights for a seed, drawn on the host with numpy the way torch draws them on a CUDA
 device, so that another backend could start from upstream's weights without torch or a GPU (issue 10: jax's own
@@ -23,6 +23,7 @@ about 2^-21 on [-pi, pi]) and its logf may differ from numpy's in the last bit, 
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -129,11 +130,10 @@ def check(args):
     against canvas_initial_weights, tensor by tensor. Exit 0 if every tensor agrees to 1e-4 relative."""
     import torch
     from anchor import load_canvas
-    from common.platform import get_profile
-    from common.tokenizer import Tokenizer
+    from common.platform import VOCAB_SIZE, get_profile
     t = load_canvas(REPO / "backends" / "cuda" / "train.py")
     profile = get_profile(args.profile)
-    config = t.model_config(profile.depth, profile.max_seq_len, Tokenizer.load().vocab_size)
+    config = t.model_config(profile.depth, profile.max_seq_len, VOCAB_SIZE)  # the shapes alone: no data needed
     props = torch.cuda.get_device_properties(0)
     layout = (props.multi_processor_count, props.max_threads_per_multi_processor)
     torch.manual_seed(args.seed)
@@ -145,9 +145,12 @@ def check(args):
     built = t.export_weights(t.build_model(config, "cuda", seed=args.seed))  # what training starts from
     rounded = lambda a: torch.from_numpy(a).bfloat16().float().numpy()  # noqa: E731
     same = all(np.array_equal(built[n], a) or np.array_equal(built[n], rounded(a)) for n, a in drawn.items())
+    start = time.perf_counter()
     mine = canvas_initial_weights(config, args.seed, layout)
+    seconds = time.perf_counter() - start
     unfused = canvas_initial_weights(config, args.seed, layout, fused=False)  # which rounding nvcc did, if exact
     print(f"{props.name}: {layout[0]} multiprocessors x {layout[1]} threads; torch {torch.__version__}; seed {args.seed}")
+    print(f"host draws: {sum(a.size for a in mine.values()):,} values in {seconds:.2f} s")
     print(f"build_model's weights are these draws (the tables rounded to bf16): {same}")
     print("| tensor | elements | exactly equal, fused / unfused | max abs diff | max rel diff (|x| > 1e-3 x sd) |")
     print("|---|---:|---:|---:|---:|")
