@@ -316,15 +316,23 @@ VARIANTS["jax-xla-window-attention"] = Variant(
             "    return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=implementation)\n"),))
 
 
-# Issue 10: jax from upstream's weights without torch: bench/torch_cuda_draws.py draws the cuda canvas's initial
-# weights with numpy as torch draws them on an H100 or H200 (a candidate until its `check` has run on a GPU).
-VARIANTS["jax-upstream-draws"] = Variant(
-    "jax from the cuda canvas's initial weights drawn on the host by bench/torch_cuda_draws.py", backend="jax",
-    edits=(("    model = build_model(config, gpu=gpu)\n",
-            "    model = build_model(config, gpu=gpu)\n"
-            "    sys.path.insert(0, 'bench')  # the harness runs canvases from the repository's root\n"
-            "    from torch_cuda_draws import canvas_initial_weights\n"
-            "    import_weights(model, canvas_initial_weights(config, SEED))\n"),))
+# Issue 10: jax from jax.random's draws of the same distributions, as the canvas drew until 2026-12-01 (it now
+# draws torch's CUDA numbers on the host, common/cuda_draws.py): what the seed lottery is worth at a budget.
+VARIANTS["jax-random-draws"] = Variant(
+    "jax's initial weights from jax.random (ours: torch's CUDA draws, the cuda backend's weights)", backend="jax",
+    edits=(("        gen = CudaGenerator(seed)\n", "        gen = JaxRandomDraws(seed)\n"),
+           ("\ndef model_config(",
+            "\nclass JaxRandomDraws:\n"
+            "    def __init__(self, seed):\n"
+            "        self.key = jax.random.key(seed)\n\n"
+            "    def split(self):\n"
+            "        self.key, key = jax.random.split(self.key)\n"
+            "        return key\n\n"
+            "    def normal(self, shape, std):\n"
+            "        return std * jax.random.normal(self.split(), shape, jnp.float32)\n\n"
+            "    def uniform(self, shape, low, high):\n"
+            "        return jax.random.uniform(self.split(), shape, jnp.float32, low, high)\n\n\n"
+            "def model_config(")))
 
 
 def apply(variant, text):

@@ -446,7 +446,8 @@ def pooled_table(files):
 
 def plan(args, code, out, budget, repeat, variant_repeat):
     """The runs at `budget`: upstream's (from `code`, unless None) and our backend's interleaved, so that with two
-    GPUs they train side by side, then the --extra backends', then the variants'. The pairs swap GPUs from one
+    GPUs they train side by side, then the --extra backends' (without upstream: ours and the extras take turns),
+    then the variants'. The pairs swap GPUs from one
     repeat to the next: two GPUs of one host can differ by a percent of speed (2026-11-30: our runs made 201-202
     steps on one and 199 on the other), which would otherwise fall on one side of the comparison."""
     upstream_jobs = []
@@ -458,9 +459,11 @@ def plan(args, code, out, budget, repeat, variant_repeat):
     if upstream_jobs:
         for i, (theirs, mine) in enumerate(zip(upstream_jobs, ours)):
             theirs.slot, mine.slot = i % 2, (i + 1) % 2
-    jobs = [j for pair in zip(upstream_jobs or [None] * repeat, ours) for j in pair if j]
-    for backend in args.extra:
-        jobs += [our_job(args, backend, None, i + 1, out, budget) for i in range(repeat)]
+    extras = [[our_job(args, backend, None, i + 1, out, budget) for i in range(repeat)] for backend in args.extra]
+    if upstream_jobs:
+        jobs = [j for pair in zip(upstream_jobs, ours) for j in pair] + [j for runs in extras for j in runs]
+    else:  # our backends take turns, so that a drift of the machine's speed falls on each alike
+        jobs = [j for turn in zip(ours, *extras) for j in turn]
     for i in range(variant_repeat):
         jobs += [our_job(args, VARIANTS[v].backend, v, i + 1, out, budget) for v in args.variant]
     return jobs

@@ -19,8 +19,8 @@ is ~1e-16, so a difference in what the two compute shows as a gap far above that
 first-step: which way upstream's first AdamW step would move the scalar mixing weights, seed by seed. At
 init their gradient is rounding noise and AdamW steps by its sign, a full +-lr (x0_lambdas 0.1 -> 0.6 when it is
 negative, -0.4 when positive). The h100 model in bf16 (jax, XLA attention) on 2 x 2048 random tokens, from
-torch's draws (backends/cuda, on the CPU: not the GPU's numbers) and jax's, for seeds 0..N-1: the sign of each
-layer's x0_lambdas gradient. Needs jax; upstream's code is not used.
+torch's CPU draws (backends/cuda on the CPU) and torch's CUDA draws (the jax canvas's init, common/cuda_draws.py),
+for seeds 0..N-1: the sign of each layer's x0_lambdas gradient. Needs jax; upstream's code is not used.
 
 Upstream's code runs from the folder given or fetched as bench/anchor.py does (.upstream/, git-ignored), with
 these changes made in memory only, for the CPU: no torch.compile, FlashAttention-3 replaced by SDPA with the
@@ -272,13 +272,13 @@ def first_step(args):
     modeldef, _ = jx.split_model(model)
     grad = jax.jit(jax.grad(lambda p: jx.merge_model(modeldef, p)(x, np.roll(x, -1, 1)).mean()))
     print("draws  seed  x0_lambdas' first step per layer (+ = up, 0.1 -> 0.6)  mean gradient")
-    for draws in ("torch", "jax"):
+    for draws in ("cpu", "cuda"):
         for seed in range(args.seeds):
-            if draws == "torch":
+            if draws == "cpu":
                 weights = ours.export_weights(ours.build_model(ours.GPTConfig(**vars(config)), "cpu", seed=seed))
             else:
                 drawn = jx.GPT(config, jnp.bfloat16, "xla")
-                drawn.init_weights(jax.random.key(seed))
+                drawn.init_weights(seed)
                 weights = jx.export_weights(drawn)
             weights.update(resid_lambdas=np.ones(config.n_layer, np.float32),  # upstream's init_weights
                            x0_lambdas=np.full(config.n_layer, 0.1, np.float32))

@@ -14,8 +14,9 @@ backends may be in training or in evaluation. The table gives, per run: the medi
 training loss over the last quarter of the steps, and its mean paired difference from the first run's on the
 same batches; val_bpb by the cuda evaluation and by the jax evaluation. A variant acts only through what the
 model, the optimizer and train_step read (its edits must lie outside main(), which this does not run).
-`--run jax-own-init` is jax from its own initial draws for SEED (what its main() trains from): the control for
-what the draws are worth.
+`--run jax-own-init` is jax from its canvas's own build_model for SEED (what its main() trains from): until
+2026-12-01 jax.random's draws, the control for what the draws are worth; since then the host's reproduction of
+torch's CUDA draws (common/cuda_draws.py), so on a GPU it checks that jax starts where cuda starts.
 
 Runs go to the GPUs of --gpus in the order given, one at a time per GPU, each on its own share of the CPUs,
 each in its own process (jax takes most of a GPU's memory); then the evaluations (--evaluations), one per GPU. A run that
@@ -44,7 +45,7 @@ from anchor import cpu_shares, export_cuda_init, load_canvas  # noqa: E402
 from common.errors import ContractError, run_cli  # noqa: E402
 
 EVAL_RESERVE_S = 75  # per evaluation at the end, each a fresh process with its compile
-OWN_INIT = "jax-own-init"  # the one run that does not start from the cuda weights: jax's own draws for SEED
+OWN_INIT = "jax-own-init"  # the one run that does not load the exported cuda weights: jax's build_model
 
 
 def slug(run):

@@ -34,6 +34,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from common.cuda_draws import CudaGenerator
 from common.errors import run_cli
 
 # ---------------------------------------------------------------------------
@@ -233,16 +234,18 @@ class GPT(nnx.Module):
         self.resid_lambdas = nnx.Param(jnp.ones(L, jnp.float32))
         self.x0_lambdas = nnx.Param(jnp.zeros(L, jnp.float32))
 
-    def init_weights(self, key):
+    def init_weights(self, seed):
+        """The reference's weights for the seed: its distributions in its order, drawn on the host as torch draws
+        them on an H100/H200 (common/cuda_draws.py), so that jax starts where the cuda backend starts."""
+        gen = CudaGenerator(seed)
         D = self.config.n_embd
         s = (3 / D) ** 0.5  # uniform(-s, s) has the std of normal(0, 1/sqrt(D))
-        keys = iter(jax.random.split(key, 2 + 4 * len(self.blocks) + len(self.value_embeds)))
 
         def normal(p, std):
-            p[...] = std * jax.random.normal(next(keys), p.shape, jnp.float32)
+            p[...] = jnp.asarray(gen.normal(p.shape, std))
 
         def uniform(p):
-            p[...] = jax.random.uniform(next(keys), p.shape, jnp.float32, -s, s)
+            p[...] = jnp.asarray(gen.uniform(p.shape, -s, s))
 
         normal(self.wte.weight, 1.0)
         normal(self.lm_head.weight, 0.001)
@@ -483,7 +486,7 @@ def build_model(config, seed=SEED, gpu=None):
     as the reference; on a CPU it is float32 throughout, with XLA's attention."""
     gpu = on_gpu() if gpu is None else gpu
     model = GPT(config, jnp.bfloat16 if gpu else jnp.float32, "cudnn" if gpu else "xla")
-    model.init_weights(jax.random.key(seed))
+    model.init_weights(seed)
     if gpu:
         store_embeddings(model, jnp.bfloat16)
     return model

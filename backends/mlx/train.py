@@ -45,6 +45,7 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten, tree_map_with_path
 
+from common.cuda_draws import CudaGenerator
 from common.errors import run_cli
 
 # ---------------------------------------------------------------------------
@@ -196,13 +197,15 @@ class GPT(nn.Module):
         self.resid_lambdas = mx.ones((L,))
         self.x0_lambdas = mx.zeros((L,))
 
-    def init_weights(self):
-        """The reference's distributions (not its values: the generators differ)."""
+    def init_weights(self, seed):
+        """The reference's weights for the seed: its distributions in its order, drawn on the host as torch draws
+        them on an H100/H200 (common/cuda_draws.py), so that mlx starts where the cuda backend starts."""
+        gen = CudaGenerator(seed)
         D = self.config.n_embd
         s = (3 / D) ** 0.5  # uniform(-s, s) has the std of normal(0, 1/sqrt(D))
-        uniform = lambda w: mx.random.uniform(-s, s, w.shape)
-        self.wte.weight = mx.random.normal(self.wte.weight.shape)
-        self.lm_head.weight = 0.001 * mx.random.normal(self.lm_head.weight.shape)
+        uniform = lambda w: mx.array(gen.uniform(w.shape, -s, s))
+        self.wte.weight = mx.array(gen.normal(self.wte.weight.shape, 1.0))
+        self.lm_head.weight = mx.array(gen.normal(self.lm_head.weight.shape, 0.001))
         for block in self.blocks:
             for lin in (block.attn.c_q, block.attn.c_k, block.attn.c_v, block.mlp.c_fc):
                 lin.weight = uniform(lin.weight)
@@ -439,7 +442,7 @@ def build_model(config, seed=SEED, compute_dtype=None):
     if compute_dtype is None:
         compute_dtype = mx.bfloat16 if use_bf16() else mx.float32
     model = GPT(config, compute_dtype)
-    model.init_weights()
+    model.init_weights(seed)
     return model
 
 

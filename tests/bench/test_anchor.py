@@ -152,6 +152,16 @@ def test_side_by_side_pairs_swap_gpus_from_one_repeat_to_the_next(tmp_path):
         assert f"gpu={r['gpu']}" in (tmp_path / "logs" / f"{r['name']}.log").read_text()
 
 
+def test_without_upstream_our_backends_take_turns(tmp_path):
+    """--no-upstream --backend cuda --extra jax: cuda and jax alternate run by run, so that on one GPU a drift of
+    its speed over the call falls on both; the variants come after."""
+    import argparse
+    args = argparse.Namespace(backend="cuda", extra=["jax"], variant=["before"], profile="smoke", data=None)
+    jobs = anchor.plan(args, None, tmp_path, 60, 2, 1)
+    assert [j.name for j in jobs] == ["cuda_60s_1", "jax_60s_1", "cuda_60s_2", "jax_60s_2", "cuda-before_60s_1"]
+    assert all(j.slot is None for j in jobs)
+
+
 def test_side_by_side_runs_each_have_their_own_cpus_and_each_row_is_recorded_as_it_ends(tmp_path):
     """With two GPUs each run is pinned to its GPU's half of the CPUs, threads included (a thread started in the
     child reports its own set), and record() sees every row once, the first before the last run has ended. With
@@ -215,16 +225,16 @@ def test_ours_and_a_variant_side_by_side_on_the_cpu(prepared_env, tmp_path):
 def test_jax_from_the_cuda_backends_initial_weights(prepared_env, tmp_path):
     """--variant from-cuda-init and from-cuda-init-seed-43: the cuda model's initial weights for each seed are
     exported (on the CPU here: torch's CPU draws; on a GPU, the GPU's) and each jax run starts from its own;
-    jax-upstream-draws trains from the host's reproduction of an H100's draws."""
+    jax-random-draws trains from jax.random's draws instead of the canvas's reproduction of torch's CUDA draws."""
     pytest.importorskip("jax")
     out = subprocess.run([sys.executable, "bench/anchor.py", "--no-upstream", "--profile", "smoke", "--budget", "2",
                           "--repeat", "0", "--gpus", "", "--variant", "from-cuda-init", "--variant",
-                          "from-cuda-init-seed-43", "--variant", "jax-upstream-draws", "--out", str(tmp_path)],
+                          "from-cuda-init-seed-43", "--variant", "jax-random-draws", "--out", str(tmp_path)],
                          cwd=REPO, env=prepared_env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     table = (tmp_path / "anchor.md").read_text()
     assert "| jax-from-cuda-init_2s_1 |" in table and "| jax-from-cuda-init-seed-43_2s_1 |" in table
-    assert "| jax-jax-upstream-draws_2s_1 |" in table  # from bench/torch_cuda_draws.py's host draws
+    assert "| jax-jax-random-draws_2s_1 |" in table
     import numpy as np
     seed42, seed43 = (np.load(tmp_path / f"cuda_init_{seed}.npz") for seed in (42, 43))
     assert seed42["wte.weight"].shape == (8192, 128) and not seed42["blocks.0.mlp.c_proj.weight"].any()

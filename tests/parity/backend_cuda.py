@@ -39,6 +39,35 @@ def init_weights(config):
     return _copy(train.export_weights(train.build_model(train.GPTConfig(**config), "cpu")))
 
 
+def cuda_initial_weights(config, seed):
+    """The reference's initialisation as it runs on an H100/H200: its own init_weights, with nn.init's normal_ and
+    uniform_ drawing torch's CUDA numbers (common/cuda_draws.py, checked against a GPU by
+    bench/torch_cuda_draws.py) in place of the CPU generator's. The reference adapter only."""
+    import torch
+    from common.cuda_draws import CudaGenerator
+    train = _train()
+    with torch.device("meta"):
+        model = train.GPT(train.GPTConfig(**config))
+    model.to_empty(device="cpu")
+    gen = CudaGenerator(seed)
+
+    def normal_(tensor, mean=0.0, std=1.0):
+        with torch.no_grad():
+            return tensor.copy_(torch.from_numpy(gen.normal(tuple(tensor.shape), std, mean)))
+
+    def uniform_(tensor, a=0.0, b=1.0):
+        with torch.no_grad():
+            return tensor.copy_(torch.from_numpy(gen.uniform(tuple(tensor.shape), a, b)))
+
+    cpu_draws = torch.nn.init.normal_, torch.nn.init.uniform_
+    torch.nn.init.normal_, torch.nn.init.uniform_ = normal_, uniform_
+    try:
+        model.init_weights()
+    finally:
+        torch.nn.init.normal_, torch.nn.init.uniform_ = cpu_draws
+    return _copy(train.export_weights(model))
+
+
 def constants():
     return hyperparameters(_train())
 

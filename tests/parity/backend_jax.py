@@ -31,6 +31,13 @@ def _numpy(arrays):
     return {name: np.asarray(a, dtype=np.float32) for name, a in arrays.items()}
 
 
+def initial_weights(config, seed):
+    train = _train()
+    model = train.GPT(train.GPTConfig(**config))
+    model.init_weights(seed)
+    return _numpy(train.export_weights(model))
+
+
 def constants():
     return hyperparameters(_train())
 

@@ -29,6 +29,11 @@ def _numpy(arrays):
     return {name: np.array(a, dtype=np.float32) for name, a in arrays.items()}
 
 
+def initial_weights(config, seed):
+    train = _train()
+    return _numpy(train.export_weights(train.build_model(train.GPTConfig(**config), seed=seed)))
+
+
 def constants():
     return hyperparameters(_train())
 

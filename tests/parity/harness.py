@@ -8,6 +8,9 @@ adds its name to BACKENDS). The adapter defines these functions (arrays are nump
 
     available() -> bool
         True when the backend's framework imports and runs on this machine; the tests skip it otherwise.
+    initial_weights(config, seed) -> {name: array}
+        The trainer's own initial weights for the seed (its init_weights): the reference's as torch draws them
+        on an H100/H200, exactly (common/cuda_draws.py).
     constants() -> dict
         The trainer's hyperparameter constants: hyperparameters(trainer module) below. Each reference
         constant must be there with the same value.
@@ -29,7 +32,8 @@ adds its name to BACKENDS). The adapter defines these functions (arrays are nump
 config is a dict of the reference's GPTConfig fields (sequence_len, vocab_size, n_layer, n_head, n_embd,
 window_pattern). weights is {reference parameter name: float32 array}, the exchange format described in the
 reference's module docstring. inputs/targets are int32. load_trainer(name) loads backends/<name>/train.py.
-Computation is float32 on the CPU. The reference's adapter (backend_cuda.py) also has init_weights(config).
+Computation is float32 on the CPU. The reference's adapter (backend_cuda.py) has init_weights(config), its CPU initialisation, and
+cuda_initial_weights(config, seed), its initialisation as on an H100/H200, in place of initial_weights.
 """
 
 import importlib.util

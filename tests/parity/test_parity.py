@@ -23,6 +23,19 @@ def test_constants(backend, case):
     assert not differ, f"hyperparameter constants that differ from the reference (got, reference): {differ}"
 
 
+def test_initial_weights(backend, case):
+    """Every backend starts from the reference's weights for the seed as it draws them on an H100/H200: its own
+    init_weights, exactly (the draws' order, shapes, scales and fixed values), and other weights for another seed."""
+    want = case.reference.cuda_initial_weights(case.config, 42)
+    got = backend.initial_weights(case.config, 42)
+    assert set(got) == set(want), f"names differ from the reference's: {sorted(set(got) ^ set(want))}"
+    differ = [name for name in want if got[name].shape != want[name].shape or not np.array_equal(got[name], want[name])]
+    assert not differ, f"initial weights that differ from the reference's at seed 42: {differ}"
+    other = backend.initial_weights(case.config, 43)
+    assert not np.array_equal(other["wte.weight"], got["wte.weight"])
+    assert not np.array_equal(other["blocks.0.attn.c_q.weight"], got["blocks.0.attn.c_q.weight"])
+
+
 def test_forward(backend, case):
     names = harness.hidden_names(case.config)
     got = backend.hidden_states(case.config, case.weights, case.inputs[0])

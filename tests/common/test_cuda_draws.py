@@ -1,0 +1,43 @@
+"""common/cuda_draws.py: the Philox core against Random123's known answers, and the generator's offsets and
+draws. That its draws are torch's on a GPU is `python bench/torch_cuda_draws.py check`, on one (fidelity.md
+section 23); tests/parity checks that every canvas draws them in the reference's order."""
+
+import numpy as np
+import pytest
+
+from common.cuda_draws import CudaGenerator, philox4x32_10
+
+
+@pytest.mark.parametrize("ctr, key, want", [
+    # Random123's tests/kat_vectors, the three philox4x32 10 lines
+    ((0, 0, 0, 0), (0, 0), (0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8)),
+    ((0xffffffff,) * 4, (0xffffffff, 0xffffffff), (0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd)),
+    ((0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344), (0xa4093822, 0x299f31d0),
+     (0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1)),
+])
+def test_philox_gives_random123s_known_answers(ctr, key, want):
+    got = philox4x32_10(*(np.uint64(c) for c in ctr), key)
+    assert tuple(int(w) for w in got) == want
+
+
+def test_each_call_moves_the_offset_as_torch_counts_its_passes():
+    """An H100's launch: 1056 blocks of 256 threads at most, four words per thread and pass; the offset moves
+    by four per pass, so a later call's draws never reuse an earlier one's counters."""
+    gen = CudaGenerator(42)
+    first = gen.raw(8192 * 512)  # 4 passes of 270,336 threads
+    assert first.shape == (4, 4, 270336) and gen.offset == 16
+    second = gen.raw(1000)       # 4 blocks, one pass
+    assert second.shape == (1, 4, 1024) and gen.offset == 20
+    again = CudaGenerator(42)
+    assert np.array_equal(again.raw(8192 * 512), first)
+    assert not np.array_equal(CudaGenerator(43).raw(8192 * 512), first)
+
+
+def test_the_draws_have_their_distributions():
+    gen = CudaGenerator(42)
+    u = gen.uniform((512, 512), -0.5, 0.5)
+    assert u.dtype == np.float32 and u.min() >= -0.5 and u.max() < 0.5
+    assert abs(float(u.mean())) < 0.005 and float(u.std()) == pytest.approx(12**-0.5, rel=0.01)
+    z = gen.normal((1000, 1000), std=0.001)
+    assert z.dtype == np.float32 and z.shape == (1000, 1000)
+    assert abs(float(z.mean())) < 1e-5 and float(z.std()) == pytest.approx(0.001, rel=0.01)
