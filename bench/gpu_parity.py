@@ -106,7 +106,7 @@ def run_jax(args, out, own_init=False):
     dtype = jnp.bfloat16 if t.on_gpu() else jnp.float32
     model = t.GPT(t.GPTConfig(**vars(config)), dtype, "cudnn" if t.on_gpu() else "xla")
     if own_init:
-        model.init_weights(jax.random.key(t.SEED))
+        model.init_weights(t.SEED)
     else:
         t.import_weights(model, dict(np.load(out / "init.npz")))
     data = np.load(out / "batches.npz")

@@ -17,6 +17,7 @@ How torch 2.11 draws (ATen/native/cuda/DistributionTemplates.h, cuRAND's curand_
   normal: Box-Muller on each pair of outputs, sqrt(-2 log u1) times (sin, cos)(2 pi u2), then fma(z, std, mean).
 """
 
+import operator
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -45,7 +46,7 @@ class CudaGenerator:
     generator on, as torch's does."""
 
     def __init__(self, seed, layout=H100_LAYOUT):
-        self.seed, self.offset = seed, 0
+        self.seed, self.offset = operator.index(seed), 0  # an int: a jax key or a float is a mistake
         self.multiprocessors, self.threads_per_multiprocessor = layout
 
     def raw(self, numel, transform=None, dtype=np.uint32):

@@ -41,3 +41,16 @@ def test_the_draws_have_their_distributions():
     z = gen.normal((1000, 1000), std=0.001)
     assert z.dtype == np.float32 and z.shape == (1000, 1000)
     assert abs(float(z.mean())) < 1e-5 and float(z.std()) == pytest.approx(0.001, rel=0.01)
+
+
+def test_the_first_draws_are_what_torch_drew_on_an_h200():
+    """The cuda canvas's first three init_weights calls for seed 42 at the h100 profile's shapes (wte, lm_head,
+    blocks.0.attn.c_q), against the values torch 2.11 drew on an NVIDIA H200 (2026-12-01, fidelity.md section
+    23, printed to 9 digits, which name a float32 exactly): the uniform draws bit for bit, the normal ones
+    within the GPU's fast sin and cos."""
+    gen = CudaGenerator(42)
+    wte, lm_head = gen.normal((8192, 512), 1.0), gen.normal((8192, 512), 0.001)
+    c_q = gen.uniform((512, 512), -(3**0.5) * 512**-0.5, 3**0.5 * 512**-0.5)
+    assert wte.reshape(-1)[:3] == pytest.approx([0.194018796, 2.16137362, -0.172050223], abs=3e-6)
+    assert lm_head.reshape(-1)[:3] == pytest.approx([-0.00126822153, -3.82963481e-05, -0.000102942395], abs=3e-9)
+    assert c_q.reshape(-1)[:3].tolist() == np.float32([0.00734986225, 0.0273247566, -0.0163710937]).tolist()
