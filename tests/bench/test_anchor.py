@@ -162,6 +162,19 @@ def test_without_upstream_our_backends_take_turns(tmp_path):
     assert all(j.slot is None for j in jobs)
 
 
+def test_the_deadline_reckons_a_run_at_what_its_group_last_took(tmp_path):
+    """A 2.5-s run, then another of its group: it can end before a 62-s deadline, so it runs. A run of a group
+    that has not run yet is reckoned at its budget and a minute, so at 5 s it is skipped."""
+    def job(group, index, sleep):
+        return anchor.Job(group, 0.1, index, [sys.executable, "-c", f"import time; time.sleep({sleep})"], tmp_path,
+                          dict(os.environ), lambda text: dict(num_steps=1, tokens_per_sec=1.0, mfu_percent=1.0,
+                                                              peak_vram_mb=1.0, val_bpb=1.0, training_seconds=0.1))
+    rows = anchor.run_all([job("cuda", 1, 2.5), job("cuda", 2, 2.5), job("jax", 1, 0)], [""], tmp_path, 62,
+                          timeout=60, progress=lambda line: None, pin=False)
+    assert [("val_bpb" in r, r.get("error")) for r in rows] == [
+        (True, None), (True, None), (False, "skipped: would end after the deadline")]
+
+
 def test_side_by_side_runs_each_have_their_own_cpus_and_each_row_is_recorded_as_it_ends(tmp_path):
     """With two GPUs each run is pinned to its GPU's half of the CPUs, threads included (a thread started in the
     child reports its own set), and record() sees every row once, the first before the last run has ended. With
