@@ -79,7 +79,7 @@ class CudaGenerator:
             value = fused_multiply_add(unit(words), high32 - low32, low32)
             return np.where(value == high32, low32, value)
 
-        return self.raw(int(np.prod(shape)), transform, np.float32).reshape(-1)[:int(np.prod(shape))].reshape(shape)
+        return self.values(shape, transform)
 
     def normal(self, shape, std=1.0, mean=0.0):
         """float32 values, as nn.init.normal_(tensor, mean, std)."""
@@ -93,7 +93,12 @@ class CudaGenerator:
                 out[:, i], out[:, i + 1] = np.sin(angle) * radius, np.cos(angle) * radius
             return fused_multiply_add(out, np.float32(std), np.float32(mean))
 
-        return self.raw(int(np.prod(shape)), transform, np.float32).reshape(-1)[:int(np.prod(shape))].reshape(shape)
+        return self.values(shape, transform)
+
+    def values(self, shape, transform):
+        """float32 values of `shape` from one call's words through transform, in torch's element order."""
+        numel = int(np.prod(shape))
+        return self.raw(numel, transform, np.float32).reshape(-1)[:numel].reshape(shape)
 
 
 def unit(words):
@@ -102,6 +107,8 @@ def unit(words):
 
 
 def fused_multiply_add(a, b, c):
-    """a * b + c of float32 values rounded once, as the GPU's fma (float64 holds a float32 product exactly)."""
+    """a * b + c of float32 values, as the GPU's fma: the product exact in float64, the sum rounded to float64 and
+    then to float32 (twice, which could differ from fma's single rounding in rare near-ties; on an H200 all of
+    the h100 model's 31 M uniform draws, for seeds 42 and 43, came out bit-identical)."""
     a, b, c = (np.asarray(x, np.float32).astype(np.float64) for x in (a, b, c))
     return (a * b + c).astype(np.float32)
