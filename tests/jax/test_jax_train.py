@@ -244,8 +244,11 @@ def test_the_chunked_loss_is_the_plain_loss_and_gradient(train, monkeypatch):
         chunked, chunked_grads = value_and_grad(jnp.float32, chunks)
         assert chunked == pytest.approx(plain, rel=1e-6)
         for name, g in plain_grads.items():
-            # The scalars' gradients are sums over every token and channel that mostly cancel: float32 rounds
-            # them ten times coarser for their size (1.4e-6 from the reference's seed-0 weights).
+            # The scalars' gradients are sums over every token and channel that mostly cancel, so the chunked
+            # head's one-ulp differences in the hidden states' gradient grow there: measured 3e-7 to 3.2e-6 of
+            # their size over init seeds 0-2 and both chunk counts (every matrix stays under 1e-6; reordering
+            # the batch's rows alone moves the scalars 1e-7 to 6e-7). Until 2026-12-01 the init's draws were
+            # jax.random's, whose seed 0 happened to stay under 1e-6.
             tolerance = 1e-5 if name.endswith("_lambdas") else 1e-6
             assert np.abs(chunked_grads[name] - g).max() <= tolerance * (np.abs(g).max() or 1.0), name
     error = lambda grads, name: np.linalg.norm(grads[name] - plain_grads[name]) / np.linalg.norm(plain_grads[name])  # noqa: E731
