@@ -18,7 +18,7 @@ It prints, for each trainer:
   0.1 to 0.6 or to -0.4, its sign set by the initial draws and the kernels' rounding.
 jax also runs from its own build_model's weights: until 2026-12-01 other draws from the same distributions
 (jax.random), whose first step could move the scalars the other way; since then the host's reproduction of
-torch's CUDA draws (common/cuda_draws.py), the cuda weights on a GPU to within 2.5e-6 x sd.
+torch's CUDA draws (common/cuda_draws.py), the cuda weights on a GPU to within 3.1e-6 x sd.
 
 Each trainer runs in its own process (jax takes most of the GPU's memory for itself). Without a GPU (a check
 of this script: --profile smoke) both run in float32 on the CPU, uncompiled, and jax with XLA's attention only.
