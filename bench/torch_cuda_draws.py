@@ -30,12 +30,9 @@ def host_weights(config, seed):
     """{backend: the canvas's initial weights for config and seed, float32 on the host}, jax's and, where MLX is
     installed, mlx's."""
     os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the host's draws; the GPU stays torch's
-    import jax.numpy as jnp
     from anchor import load_canvas
     jx = load_canvas(REPO / "backends" / "jax" / "train.py", "jax")
-    model = jx.GPT(jx.GPTConfig(**vars(config)), jnp.float32, "xla")
-    model.init_weights(seed)
-    weights = {"jax": jx.export_weights(model)}
+    weights = {"jax": jx.export_weights(jx.build_model(jx.GPTConfig(**vars(config)), seed=seed, gpu=False))}
     if importlib.util.find_spec("mlx"):
         mx = load_canvas(REPO / "backends" / "mlx" / "train.py", "mlx")
         weights["mlx"] = mx.export_weights(mx.build_model(mx.GPTConfig(**vars(config)), seed=seed))

@@ -46,7 +46,7 @@ def cuda_initial_weights(config, seed):
     import torch
     from common.cuda_draws import CudaGenerator
     train = _train()
-    with torch.device("meta"):
+    with torch.device("meta"):  # built outside the patch: the modules' own constructors call nn.init too
         model = train.GPT(train.GPTConfig(**config))
     model.to_empty(device="cpu")
     gen = CudaGenerator(seed)
