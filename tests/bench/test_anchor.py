@@ -59,6 +59,23 @@ def test_the_loss_head_variants_compute_the_canvas_loss_and_gradients(tmp_path, 
         torch.testing.assert_close(grads_b[name], grad, rtol=1e-5, atol=1e-7, msg=name)
 
 
+def test_the_autotune_cache_variant_keeps_the_canvas_lines_and_patches_torch_2_11_only(capsys):
+    """The variant's canvas differs from the canvas on the import's line only (inductor's cached graphs carry
+    line numbers), and bench/torch_autotune_cache.py leaves torch alone on any version but 2.11."""
+    import torch
+    from torch._inductor.runtime import triton_heuristics
+    import torch_autotune_cache
+    text = ablations.apply(ablations.VARIANTS["torch-2.13-autotune-cache"], CANVAS)
+    changed = [(a, b) for a, b in zip(CANVAS.splitlines(), text.splitlines()) if a != b]
+    assert len(text.splitlines()) == len(CANVAS.splitlines())
+    assert changed == [("import torch", "import torch; __import__('torch_autotune_cache').patch()")]
+    if torch.__version__.startswith("2.11."):
+        pytest.skip("torch 2.11: patch() would change torch for the rest of this process")
+    before = vars(triton_heuristics.CachingAutotuner).copy()
+    assert torch_autotune_cache.patch() is False
+    assert vars(triton_heuristics.CachingAutotuner) == before
+    assert "nothing patched" in capsys.readouterr().out
+
 def test_an_edit_that_no_longer_applies_names_itself():
     with pytest.raises(ValueError, match="finds 0 places"):
         ablations.apply(ablations.Variant("x", edits=(("no such line", "y"),)), CANVAS)

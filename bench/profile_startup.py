@@ -1,0 +1,112 @@
+"""Where a backend's seconds outside training go: one short run of its canvas (bench/gpu.py's child) under py-spy,
+the main thread sampled with its waits included (a wait for the GPU or for a lock is time too), and the samples
+summed by what main() was doing at the time.
+
+    python bench/profile_startup.py --backend cuda [--budget 10] [--profile h100] [--rate 100] [--out DIR]
+
+Prints, and writes to DIR/startup.md: the run's own summary lines (startup, untimed, eval and training seconds),
+then one row per phase (before main(): the interpreter and the imports; then each function that main() called,
+in the order they first ran) with its seconds and the functions inside it that took the most of them (not the
+wrappers that every sample of the phase passes through). The raw samples (py-spy's collapsed stacks) are kept
+as DIR/samples.txt. Needs py-spy (`pip install py-spy`, in the dev extras).
+"""
+
+import argparse
+import collections
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+FRAME = re.compile(r"^(?P<function>.+?) \((?P<file>[^():]+?)(?::\d+)?\)$")
+
+
+def frames(stack):
+    """py-spy's 'f (file:line);g (file:line)' as [(function, file), ...], the outermost first."""
+    out = []
+    for text in stack.split(";"):
+        m = FRAME.match(text.strip())
+        out.append((m["function"], m["file"]) if m else (text.strip(), ""))
+    return out
+
+
+def main_thread(lines):
+    """[(frames, samples)] of the process's main thread, from py-spy's raw output with --threads (a line is
+    'thread (ID): NAME;frames COUNT'; the main thread's first samples, before it is named, lack ': NAME')."""
+    parsed = []
+    for line in lines:
+        stack, _, count = line.rstrip("\n").rpartition(" ")
+        head, _, rest = stack.partition(";")
+        if head.startswith("thread (") and count.isdigit():
+            parsed.append((head[len("thread ("):].partition(")")[0], head, rest, int(count)))
+    named = [ident for ident, head, _, _ in parsed if head.endswith(": MainThread")]
+    main_id = named[0] if named else (parsed[0][0] if parsed else None)
+    return [(frames(rest) if rest else [], count) for ident, _, rest, count in parsed if ident == main_id]
+
+
+def phases(samples, rate, entry=("main", "train.py"), top=4, wrapper_share=0.95):
+    """[(phase, seconds, [(function, seconds), ...])]: 'before main()', then what `entry` called, first-run order.
+    Inside a phase, the functions that took most of its time, leaving out those in nearly all of its samples."""
+    order, total, inside = [], collections.Counter(), collections.defaultdict(collections.Counter)
+    for stack, count in samples:
+        at = next((i for i, (f, file) in enumerate(stack) if f == entry[0] and file.endswith(entry[1])), None)
+        if at is None:
+            phase, below = "before main(): interpreter, imports", stack
+        elif at + 1 < len(stack):
+            phase, below = stack[at + 1][0], stack[at + 2:]
+        else:
+            phase, below = "main() itself", []
+        if phase not in total:
+            order.append(phase)
+        total[phase] += count
+        for function in {f"{f} ({Path(file).name})" for f, file in below}:
+            inside[phase][function] += count
+    rows = []
+    for phase in order:
+        heavy = [(f, n / rate) for f, n in inside[phase].most_common() if n < wrapper_share * total[phase]]
+        rows.append((phase, total[phase] / rate, heavy[:top]))
+    return rows
+
+
+def run(args, out):
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(py_spy).exists():
+        raise SystemExit("py-spy is not installed: `pip install py-spy` (it is in the dev extras), then run again.")
+    samples, log = out / "samples.txt", out / f"{args.backend}.log"
+    child = [sys.executable, str(REPO / "bench" / "gpu.py"), "--child", "--backend", args.backend,
+             "--profile", args.profile, "--budget", str(args.budget)]
+    command = [py_spy, "record", "--format", "raw", "--idle", "--threads", "--rate", str(args.rate),
+               "--output", str(samples), "--"] + child
+    with open(log, "w") as f:
+        proc = subprocess.run(command, cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
+    text = log.read_text(errors="replace")
+    if proc.returncode != 0 or not samples.exists():
+        raise SystemExit(f"the profiled run failed (exit {proc.returncode}); its log is {log}:\n{text[-2000:]}")
+    return samples.read_text().splitlines(), text
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backend", default="cuda", choices=["cuda", "jax", "mlx"])
+    parser.add_argument("--profile", default="h100")
+    parser.add_argument("--budget", type=float, default=10, help="training seconds of the profiled run")
+    parser.add_argument("--rate", type=int, default=100, help="py-spy's samples per second")
+    parser.add_argument("--out", default=str(REPO / "runs" / "startup"), help="samples, the run's log, startup.md")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    lines, log = run(args, out)
+    summary = [line for line in log.splitlines()
+               if re.match(r"(startup|untimed|eval|training|total)_seconds:", line)]
+    report = [f"# {args.backend}, profile {args.profile}, budget {args.budget:g} s: the main thread's time by phase",
+              "", *[f"    {line}" for line in summary], "", "| phase | s | the most of it |", "|---|---:|---|"]
+    for phase, seconds, heavy in phases(main_thread(lines), args.rate):
+        report.append(f"| {phase} | {seconds:.1f} | {'; '.join(f'{f} {s:.1f}' for f, s in heavy)} |")
+    (out / "startup.md").write_text("\n".join(report) + "\n")
+    print("\n".join(report))
+
+
+if __name__ == "__main__":
+    main()
