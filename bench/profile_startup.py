@@ -6,7 +6,7 @@ summed by what main() was doing at the time.
 
 Prints, and writes to DIR/startup.md: the run's own summary lines (startup, untimed, eval and training seconds),
 then one row per phase (before main(): the interpreter and the imports; then each function that main() called,
-in the order they first ran) with its seconds and the functions inside it that took the most of them (not the
+in the order of main()'s lines) with its seconds and the functions inside it that took the most of them (not the
 wrappers that every sample of the phase passes through). The raw samples (py-spy's collapsed stacks) are kept
 as DIR/samples.txt. Needs py-spy (`pip install py-spy`, in the dev extras).
 """
@@ -20,15 +20,15 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-FRAME = re.compile(r"^(?P<function>.+?) \((?P<file>[^():]+?)(?::\d+)?\)$")
+FRAME = re.compile(r"^(?P<function>.+?) \((?P<file>[^():]+?)(?::(?P<line>\d+))?\)$")
 
 
 def frames(stack):
-    """py-spy's 'f (file:line);g (file:line)' as [(function, file), ...], the outermost first."""
+    """py-spy's 'f (file:line);g (file:line)' as [(function, file, line), ...], the outermost first."""
     out = []
     for text in stack.split(";"):
         m = FRAME.match(text.strip())
-        out.append((m["function"], m["file"]) if m else (text.strip(), ""))
+        out.append((m["function"], m["file"], int(m["line"] or 0)) if m else (text.strip(), "", 0))
     return out
 
 
@@ -47,25 +47,26 @@ def main_thread(lines):
 
 
 def phases(samples, rate, entry=("main", "train.py"), top=4, wrapper_share=0.95):
-    """[(phase, seconds, [(function, seconds), ...])]: 'before main()', then what `entry` called, first-run order.
-    Inside a phase, the functions that took most of its time, leaving out those in nearly all of its samples."""
-    order, total, inside = [], collections.Counter(), collections.defaultdict(collections.Counter)
+    """[(phase, seconds, [(function, seconds), ...])]: 'before main()', then what `entry` called, in the order
+    of main()'s lines (py-spy's samples carry no time order). Inside a phase, the functions that took most of its
+    time, leaving out those in nearly all of its samples (the wrappers every call passes through)."""
+    first_line, total, inside = {}, collections.Counter(), collections.defaultdict(collections.Counter)
     for stack, count in samples:
-        at = next((i for i, (f, file) in enumerate(stack) if f == entry[0] and file.endswith(entry[1])), None)
+        at = next((i for i, (f, file, _) in enumerate(stack) if f == entry[0] and file.endswith(entry[1])), None)
         if at is None:
-            phase, below = "before main(): interpreter, imports", stack
+            phase, line, below = "before main(): interpreter, imports", -1, stack
         elif at + 1 < len(stack):
-            phase, below = stack[at + 1][0], stack[at + 2:]
+            phase, line, below = stack[at + 1][0], stack[at][2], stack[at + 2:]
         else:
-            phase, below = "main() itself", []
-        if phase not in total:
-            order.append(phase)
+            phase, line, below = "main() itself", float("inf"), []
+        first_line[phase] = min(first_line.get(phase, line), line)
         total[phase] += count
-        for function in {f"{f} ({Path(file).name})" for f, file in below}:
+        for function in {f"{f} ({Path(file).name})" for f, file, _ in below}:
             inside[phase][function] += count
     rows = []
-    for phase in order:
-        heavy = [(f, n / rate) for f, n in inside[phase].most_common() if n < wrapper_share * total[phase]]
+    for phase in sorted(total, key=first_line.get):
+        ranked = sorted(inside[phase].items(), key=lambda item: (-item[1], item[0]))
+        heavy = [(f, n / rate) for f, n in ranked if n < wrapper_share * total[phase]]
         rows.append((phase, total[phase] / rate, heavy[:top]))
     return rows
 
@@ -103,6 +104,8 @@ def main():
     report = [f"# {args.backend}, profile {args.profile}, budget {args.budget:g} s: the main thread's time by phase",
               "", *[f"    {line}" for line in summary], "", "| phase | s | the most of it |", "|---|---:|---|"]
     for phase, seconds, heavy in phases(main_thread(lines), args.rate):
+        if seconds < 0.05:
+            continue
         report.append(f"| {phase} | {seconds:.1f} | {'; '.join(f'{f} {s:.1f}' for f, s in heavy)} |")
     (out / "startup.md").write_text("\n".join(report) + "\n")
     print("\n".join(report))

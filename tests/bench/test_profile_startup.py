@@ -15,16 +15,16 @@ import profile_startup  # noqa: E402
 RAW = """\
 thread (7): MainThread;<module> (train.py:5) 30
 thread (7);_find_and_load (<frozen importlib._bootstrap>:1176) 20
-thread (7): MainThread;<module> (gpu.py:3);main (/x/backends/cuda/train.py:630);build_model (/x/backends/cuda/train.py:600);init_weights (/x/backends/cuda/train.py:300) 40
-thread (7): MainThread;<module> (gpu.py:3);main (/x/backends/cuda/train.py:630);train_step (/x/backends/cuda/train.py:500);_compile (torch/_dynamo/convert_frame.py:9);trace (symbolic_convert.py:1) 150
-thread (7): MainThread;<module> (gpu.py:3);main (/x/backends/cuda/train.py:630);train_step (/x/backends/cuda/train.py:500);coordinate_descent_tuning (triton_heuristics.py:1276) 250
+thread (7): MainThread;<module> (gpu.py:3);main (/x/backends/cuda/train.py:703);train_step (/x/backends/cuda/train.py:500);_compile (torch/_dynamo/convert_frame.py:9);trace (symbolic_convert.py:1) 150
+thread (7): MainThread;<module> (gpu.py:3);main (/x/backends/cuda/train.py:657);build_model (/x/backends/cuda/train.py:600);init_weights (/x/backends/cuda/train.py:300) 40
+thread (7): MainThread;<module> (gpu.py:3);main (/x/backends/cuda/train.py:703);train_step (/x/backends/cuda/train.py:500);coordinate_descent_tuning (triton_heuristics.py:1276) 250
 thread (9): Thread-1 (loader);run (loader.py:10);encode (tokenizer.py:3) 900
-thread (7): MainThread;<module> (gpu.py:3);main (/x/backends/cuda/train.py:630);build_model (/x/backends/cuda/train.py:601) 10
-thread (7): MainThread;<module> (gpu.py:3);main (/x/backends/cuda/train.py:630) 5
+thread (7): MainThread;<module> (gpu.py:3);main (/x/backends/cuda/train.py:657);build_model (/x/backends/cuda/train.py:601) 10
+thread (7): MainThread;<module> (gpu.py:3);main (/x/backends/cuda/train.py:640) 5
 """
 
 
-def test_samples_are_summed_by_what_main_called_in_first_run_order_on_the_main_thread_alone():
+def test_samples_are_summed_by_what_main_called_in_the_order_of_its_lines_on_the_main_thread_alone():
     rows = profile_startup.phases(profile_startup.main_thread(RAW.splitlines()), rate=100)
     assert [(phase, seconds) for phase, seconds, _ in rows] == [
         ("before main(): interpreter, imports", 0.5), ("build_model", 0.5), ("train_step", 4.0),
