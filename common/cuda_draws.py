@@ -27,6 +27,10 @@ H100_LAYOUT = (132, 2048)  # multiprocessors, threads per multiprocessor (an H20
 M0, M1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)  # Philox4x32 multipliers
 W0, W1 = 0x9E3779B9, 0xBB67AE85                          # and key increments
 LOW = np.uint64(0xFFFFFFFF)
+# GPU threads per host task. Smaller tasks are numpy calls too short to share out: on an H200's host, 16 tasks of
+# 17K threads took 58 ms a (2048, 512) matrix (bench/profile_startup.py, fidelity section 24); on 2 cores 16
+# tasks took twice as long as 2.
+THREADS_PER_TASK = 65536
 
 
 def philox4x32_10(c0, c1, c2, c3, key):
@@ -65,8 +69,9 @@ class CudaGenerator:
             words = np.stack(np.broadcast_arrays(*philox4x32_10(k & LOW, k >> 32, t & LOW, t >> 32, key)), axis=1)
             out[:, :, first:last] = transform(words.astype(np.uint32)) if transform else words
 
-        bounds = np.linspace(0, stride, min(os.cpu_count() or 1, 16) + 1).astype(int)
-        with ThreadPoolExecutor() as pool:
+        tasks = max(1, min(len(os.sched_getaffinity(0)), stride // THREADS_PER_TASK))
+        bounds = np.linspace(0, stride, tasks + 1).astype(int)
+        with ThreadPoolExecutor(tasks) as pool:
             list(pool.map(fill, bounds[:-1], bounds[1:]))
         self.offset += passes * 4
         return out

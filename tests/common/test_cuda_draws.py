@@ -33,6 +33,18 @@ def test_each_call_moves_the_offset_as_torch_counts_its_passes():
     assert not np.array_equal(CudaGenerator(43).raw(8192 * 512), first)
 
 
+def test_the_draws_do_not_depend_on_how_the_host_shares_out_the_threads(monkeypatch):
+    """The GPU's threads go to host tasks of THREADS_PER_TASK each: one task, or as many as there are cores,
+    give the same words and values."""
+    import common.cuda_draws as cuda_draws
+    results = []
+    for per_task in (10**9, 1000):  # one task; then every core, in tasks of a thousand threads
+        monkeypatch.setattr(cuda_draws, "THREADS_PER_TASK", per_task)
+        gen = CudaGenerator(7)
+        results.append((gen.raw(300_000), gen.normal((300, 1000)), gen.uniform((513, 77), -0.5, 0.5)))
+    for one_task, many_tasks in zip(*results):
+        np.testing.assert_array_equal(one_task, many_tasks)
+
 def test_the_draws_have_their_distributions():
     gen = CudaGenerator(42)
     u = gen.uniform((512, 512), -0.5, 0.5)
