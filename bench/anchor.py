@@ -10,7 +10,8 @@ Upstream's code is never part of this project: it is fetched at run time with gi
 prepare.py and train.py) where there is no network. It runs unchanged but for its TIME_BUDGET constant, with
 bench/upstream_kernels.py standing in for the FlashAttention-3 kernel it would download, under a private
 HOME whose cache holds the same data files as ours (the last file is its pinned validation shard). rustbpe must
-be importable: upstream's prepare.py trains its own tokenizer.
+be importable: upstream's prepare.py trains its own tokenizer, once per set of data files (that HOME is kept in
+our cache, $AUTORESEARCH_CACHE/upstream/).
 
 Jobs (upstream, our backend, each --variant of bench/ablations.py, --repeat times each, interleaved) go to
 the GPUs of --gpus one at a time per GPU, so with two GPUs upstream and ours train side by side. Each GPU's
@@ -31,6 +32,7 @@ the step count follows the host, and a step is worth about 0.0005 at 60 s).
 import argparse
 import dataclasses
 import datetime
+import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -99,12 +101,24 @@ def upstream_data_files(data_folder):
     return source.train_files, source.val_files[0]
 
 
+def upstream_home(code, train_files, val_file):
+    """Upstream's private HOME, kept in our cache between calls of the harness (its tokenizer takes 20-30 s to
+    train on a GPU's host, each call, else): one per set of data files (path, size, time) and prepare.py."""
+    from common.data import cache_dir
+    key = hashlib.sha256((code / "prepare.py").read_bytes())
+    for f in [*train_files, val_file]:
+        stat = f.stat()
+        key.update(f"{f.resolve()} {stat.st_size} {stat.st_mtime_ns}\n".encode())
+    return cache_dir() / "upstream" / key.hexdigest()[:16]
+
+
 def prepare_upstream(code, data_folder, work, budget):
     """A runnable copy of upstream under `work`: its code with TIME_BUDGET = budget and the kernels stand-in,
-    and a private HOME whose cache holds the data (links) and upstream's own tokenizer. Returns (dir, env)."""
-    home = work / "home"
-    data = home / ".cache" / "autoresearch" / "data"
+    and a private HOME (upstream_home) whose cache holds the data (links) and upstream's own tokenizer. Returns
+    (dir, env)."""
     train_files, val_file = upstream_data_files(data_folder)
+    home = upstream_home(code, train_files, val_file)
+    data = home / ".cache" / "autoresearch" / "data"
     if not data.is_dir():
         data.mkdir(parents=True)
         for i, f in enumerate(train_files):

@@ -128,8 +128,8 @@ def metric(args):
     tokenizer = Tokenizer.load(source)
     work = Path(args.work).resolve()
     code = upstream_code(args.upstream)
-    prepare_upstream(code, args.data, work, 300)    # upstream's own tokenizer
-    up = load_upstream_prepare(code, work / "home")
+    _, env = prepare_upstream(code, args.data, work, 300)    # upstream's own tokenizer
+    up = load_upstream_prepare(code, Path(env["HOME"]))
     up_tokenizer = up.Tokenizer.from_directory()
     same_tokenizer = up_tokenizer.enc._mergeable_ranks == tokenizer.enc._mergeable_ranks
     print(f"tokenizer: upstream's prepare.py and ours learn {'the same' if same_tokenizer else 'DIFFERENT'} merges")

@@ -81,6 +81,43 @@ def test_an_edit_that_no_longer_applies_names_itself():
         ablations.apply(ablations.Variant("x", edits=(("no such line", "y"),)), CANVAS)
 
 
+STUB_PREPARE = """\
+TIME_BUDGET = 300
+import os, pathlib
+tokenizer = pathlib.Path(os.environ["HOME"]) / ".cache" / "autoresearch" / "tokenizer"
+tokenizer.mkdir(parents=True, exist_ok=True)
+(tokenizer / "tokenizer.pkl").write_text("merges")
+with open(os.environ["STUB_LOG"], "a") as log:
+    log.write(str(sorted(p.name for p in (tokenizer.parent / "data").iterdir())) + "\\n")
+"""
+
+
+def test_upstreams_home_and_tokenizer_are_kept_between_calls_and_renewed_when_the_data_change(tmp_path, monkeypatch):
+    """Upstream's prepare.py (here a stand-in that records each run) trains its tokenizer once per set of data
+    files, not once per call's --out folder; its HOME lives in our cache, keyed by the files."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("STUB_LOG", str(tmp_path / "prepare.log"))
+    code, data = tmp_path / "upstream", tmp_path / "data"
+    code.mkdir()
+    data.mkdir()
+    (code / "prepare.py").write_text(STUB_PREPARE)
+    (code / "train.py").write_text("")
+    for i in range(3):
+        pq.write_table(pa.table({"text": [f"document {i}"]}), data / f"shard_{i:05d}.parquet")
+
+    run_dir, env = anchor.prepare_upstream(code, str(data), tmp_path / "call1", 60)
+    assert "TIME_BUDGET = 60" in (run_dir / "prepare.py").read_text()
+    _, env2 = anchor.prepare_upstream(code, str(data), tmp_path / "call2", 300)
+    runs = (tmp_path / "prepare.log").read_text().splitlines()
+    assert runs == [str(["shard_00000.parquet", "shard_00001.parquet", anchor.UPSTREAM_VAL_SHARD])]
+    assert env["HOME"] == env2["HOME"] and Path(env["HOME"]).is_relative_to(tmp_path / "cache")
+
+    pq.write_table(pa.table({"text": ["another document"]}), data / "shard_00001.parquet")
+    _, env3 = anchor.prepare_upstream(code, str(data), tmp_path / "call3", 60)
+    assert env3["HOME"] != env["HOME"] and len((tmp_path / "prepare.log").read_text().splitlines()) == 2
+
 def test_upstreams_summary_block_is_parsed_with_its_untimed_steps():
     text = ("step 00200 (99.9%) | loss: 3.1\r\n---\nval_bpb:          1.049149\ntraining_seconds: 60.1\n"
             "total_seconds:    87.5\npeak_vram_mb:     45063.6\nmfu_percent:      40.15\ntotal_tokens_M:   105.4\n"
