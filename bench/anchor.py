@@ -356,6 +356,18 @@ def run_all(jobs, gpus, out, deadline, timeout, progress=print, record=None, pin
 # The table
 # ---------------------------------------------------------------------------------------------------------
 
+def allow_bytecode():
+    """If this machine forbids writing Python bytecode (PYTHONDONTWRITEBYTECODE, as this workplace's GPU machines
+    do, with a torch that has no .pyc files), let every trainer this process starts write it once, to our cache,
+    and read it back: else each compiles torch's Python again, about 10 s of its start-up that a pip install
+    does not spend (docs/notes/fidelity.md section 24). Returns a note for the table's heading, or ''."""
+    if not os.environ.pop("PYTHONDONTWRITEBYTECODE", None):
+        return ""
+    from common.data import cache_dir
+    os.environ.setdefault("PYTHONPYCACHEPREFIX", str(cache_dir() / "pycache"))
+    return f"bytecode cached in {os.environ['PYTHONPYCACHEPREFIX']} (the machine set PYTHONDONTWRITEBYTECODE)"
+
+
 def machine():
     """The card, its driver, and the frameworks' versions, for the table's heading."""
     try:
@@ -535,6 +547,7 @@ def main():
         return pooled_table(args.files)
 
     from common.prepare import prepare
+    bytecode = allow_bytecode()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     prepare(args.data, if_needed=True)
@@ -551,7 +564,8 @@ def main():
     shares = None if args.no_pin else cpu_shares(len(gpus))
     heading = (f"bench-anchor {t0:%Y-%m-%d %H:%M} UTC | {machine()} | profile {args.profile}, budget {args.budget:g} s"
                f" | data {args.data or 'climbmix'} | upstream {'-' if args.no_upstream else UPSTREAM_COMMIT[:12]}"
-               f" | {f'{len(shares[0])} CPU(s) per GPU' if shares else 'CPUs shared'}")
+               f" | {f'{len(shares[0])} CPU(s) per GPU' if shares else 'CPUs shared'}"
+               f"{f' | {bytecode}' if bytecode else ''}")
 
     def record(row):
         with open(out / "results.jsonl", "a") as f:

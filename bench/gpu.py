@@ -82,14 +82,15 @@ def main():
     if args.child:
         return child(args.backend, args.profile, args.budget)
 
-    from anchor import machine  # the card, its driver and the frameworks' versions
+    from anchor import allow_bytecode, machine  # the card, its driver and the frameworks' versions
     from common.errors import run_cli
     from common.prepare import prepare
+    bytecode = allow_bytecode()
     run_cli(prepare, os.environ.get("AUTORESEARCH_DATA"), if_needed=True)  # as `make run`: a no-op once prepared
     rows = [run_once(args, i + 1) for i in range(args.repeat)]
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     print(f"\n{args.backend} backend | profile {args.profile} | budget {args.budget or 'profile'} s | "
-          f"{machine()} | {date}")
+          f"{machine()} | {date}{f' | {bytecode}' if bytecode else ''}")
     header = (f"{'run':>3} {'steps':>6} {'train s':>8} {'tokens M':>9} {'tokens/s':>11} {'MFU %':>6} {'peak GB':>8} "
               f"{'start-up s':>10} {'eval s':>7} {'total - training s':>18} {'val_bpb':>9}")
     print(header)

@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 FRAME = re.compile(r"^(?P<function>.+?) \((?P<file>[^():]+?)(?::(?P<line>\d+))?\)$")
 
 
@@ -75,6 +77,9 @@ def run(args, out):
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(py_spy).exists():
         raise SystemExit("py-spy is not installed: `pip install py-spy` (it is in the dev extras), then run again.")
+    from anchor import allow_bytecode
+    if note := allow_bytecode():
+        print(note)
     samples, log = out / "samples.txt", out / f"{args.backend}.log"
     child = [sys.executable, str(REPO / "bench" / "gpu.py"), "--child", "--backend", args.backend,
              "--profile", args.profile, "--budget", str(args.budget)]

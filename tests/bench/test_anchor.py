@@ -118,6 +118,24 @@ def test_upstreams_home_and_tokenizer_are_kept_between_calls_and_renewed_when_th
     _, env3 = anchor.prepare_upstream(code, str(data), tmp_path / "call3", 60)
     assert env3["HOME"] != env["HOME"] and len((tmp_path / "prepare.log").read_text().splitlines()) == 2
 
+def test_a_machine_that_forbids_bytecode_gets_it_written_once_to_our_cache(tmp_path, monkeypatch):
+    """The GPU machines set PYTHONDONTWRITEBYTECODE over a torch without .pyc files: every trainer compiled
+    torch's Python again. allow_bytecode() lets the trainers write it to our cache and read it back."""
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    monkeypatch.delenv("PYTHONPYCACHEPREFIX", raising=False)
+    (tmp_path / "some_module.py").write_text("X = 1\n")
+
+    def child():
+        subprocess.run([sys.executable, "-c", "import some_module"], cwd=tmp_path, env=dict(os.environ), check=True)
+
+    child()
+    assert not list(tmp_path.rglob("*.pyc"))
+    assert "PYTHONDONTWRITEBYTECODE" in anchor.allow_bytecode() and "PYTHONDONTWRITEBYTECODE" not in os.environ
+    child()
+    assert len(list((tmp_path / "cache" / "pycache").rglob("some_module*.pyc"))) == 1
+    assert anchor.allow_bytecode() == ""  # a machine that allows bytecode is left as it is
+
 def test_upstreams_summary_block_is_parsed_with_its_untimed_steps():
     text = ("step 00200 (99.9%) | loss: 3.1\r\n---\nval_bpb:          1.049149\ntraining_seconds: 60.1\n"
             "total_seconds:    87.5\npeak_vram_mb:     45063.6\nmfu_percent:      40.15\ntotal_tokens_M:   105.4\n"
