@@ -69,7 +69,7 @@ class CudaGenerator:
             words = np.stack(np.broadcast_arrays(*philox4x32_10(k & LOW, k >> 32, t & LOW, t >> 32, key)), axis=1)
             out[:, :, first:last] = transform(words.astype(np.uint32)) if transform else words
 
-        tasks = max(1, min(len(os.sched_getaffinity(0)), stride // THREADS_PER_TASK))
+        tasks = max(1, min(host_cores(), stride // THREADS_PER_TASK))
         bounds = np.linspace(0, stride, tasks + 1).astype(int)
         with ThreadPoolExecutor(tasks) as pool:
             list(pool.map(fill, bounds[:-1], bounds[1:]))
@@ -104,6 +104,11 @@ class CudaGenerator:
         """float32 values of `shape` from one call's words through transform, in torch's element order."""
         numel = int(np.prod(shape))
         return self.raw(numel, transform, np.float32).reshape(-1)[:numel].reshape(shape)
+
+
+def host_cores():
+    """The cores this process may run on (macOS, where the mlx canvas draws too, has no sched_getaffinity)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def unit(words):

@@ -35,15 +35,22 @@ def test_each_call_moves_the_offset_as_torch_counts_its_passes():
 
 def test_the_draws_do_not_depend_on_how_the_host_shares_out_the_threads(monkeypatch):
     """The GPU's threads go to host tasks of THREADS_PER_TASK each: one task, or as many as there are cores,
-    give the same words and values."""
+    give the same words and values, also where os has no sched_getaffinity (macOS, the mlx canvas's host)."""
+    import os
+
     import common.cuda_draws as cuda_draws
     results = []
-    for per_task in (10**9, 1000):  # one task; then every core, in tasks of a thousand threads
-        monkeypatch.setattr(cuda_draws, "THREADS_PER_TASK", per_task)
+    for per_task in (10**9, 1000, "macOS"):  # one task; every core in tasks of 1000 threads; the same on macOS
+        if per_task == "macOS":
+            monkeypatch.delattr(os, "sched_getaffinity", raising=False)
+            assert cuda_draws.host_cores() == os.cpu_count()
+        else:
+            monkeypatch.setattr(cuda_draws, "THREADS_PER_TASK", per_task)
         gen = CudaGenerator(7)
         results.append((gen.raw(300_000), gen.normal((300, 1000)), gen.uniform((513, 77), -0.5, 0.5)))
-    for one_task, many_tasks in zip(*results):
+    for one_task, many_tasks, mac in zip(*results):
         np.testing.assert_array_equal(one_task, many_tasks)
+        np.testing.assert_array_equal(one_task, mac)
 
 def test_the_draws_have_their_distributions():
     gen = CudaGenerator(42)
