@@ -73,9 +73,14 @@ def phases(samples, rate, entry=("main", "train.py"), top=4, wrapper_share=0.95)
     return rows
 
 
+def py_spy():
+    """py-spy's executable, on PATH or beside this interpreter (a virtual environment's bin/), or None."""
+    beside = Path(sys.executable).with_name("py-spy")
+    return shutil.which("py-spy") or (str(beside) if beside.exists() else None)
+
+
 def run(args, out):
-    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    if not Path(py_spy).exists():
+    if not py_spy():
         raise SystemExit("py-spy is not installed: `pip install py-spy` (it is in the dev extras), then run again.")
     from anchor import allow_bytecode
     if note := allow_bytecode():
@@ -83,7 +88,7 @@ def run(args, out):
     samples, log = out / "samples.txt", out / f"{args.backend}.log"
     child = [sys.executable, str(REPO / "bench" / "gpu.py"), "--child", "--backend", args.backend,
              "--profile", args.profile, "--budget", str(args.budget)]
-    command = [py_spy, "record", "--format", "raw", "--idle", "--threads", "--rate", str(args.rate),
+    command = [py_spy(), "record", "--format", "raw", "--idle", "--threads", "--rate", str(args.rate),
                "--output", str(samples), "--"] + child
     with open(log, "w") as f:
         proc = subprocess.run(command, cwd=REPO, stdout=f, stderr=subprocess.STDOUT)

@@ -1,6 +1,5 @@
 """bench/profile_startup.py: py-spy's samples summed by what the canvas's main() was doing."""
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -37,8 +36,7 @@ def test_samples_are_summed_by_what_main_called_in_the_order_of_its_lines_on_the
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (shutil.which("py-spy") or Path(sys.executable).with_name("py-spy").exists()),
-                    reason="py-spy is not installed (the dev extras have it)")
+@pytest.mark.skipif(not profile_startup.py_spy(), reason="py-spy is not installed (the dev extras have it)")
 def test_a_real_run_of_the_cuda_canvas_on_the_cpu_is_profiled_end_to_end(tmp_path, prepared_env):
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "profile_startup.py"), "--backend", "cuda",
                            "--profile", "smoke", "--budget", "2", "--out", str(tmp_path)],
