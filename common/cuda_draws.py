@@ -27,10 +27,6 @@ H100_LAYOUT = (132, 2048)  # multiprocessors, threads per multiprocessor (an H20
 M0, M1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)  # Philox4x32 multipliers
 W0, W1 = 0x9E3779B9, 0xBB67AE85                          # and key increments
 LOW = np.uint64(0xFFFFFFFF)
-# GPU threads per host task. Smaller tasks are numpy calls too short to share out: on an H200's host, 16 tasks of
-# 17K threads took 58 ms a (2048, 512) matrix (bench/profile_startup.py, fidelity section 24); on 2 cores 16
-# tasks took twice as long as 2.
-THREADS_PER_TASK = 65536
 
 
 def philox4x32_10(c0, c1, c2, c3, key):
@@ -69,9 +65,8 @@ class CudaGenerator:
             words = np.stack(np.broadcast_arrays(*philox4x32_10(k & LOW, k >> 32, t & LOW, t >> 32, key)), axis=1)
             out[:, :, first:last] = transform(words.astype(np.uint32)) if transform else words
 
-        tasks = max(1, min(host_cores(), stride // THREADS_PER_TASK))
-        bounds = np.linspace(0, stride, tasks + 1).astype(int)
-        with ThreadPoolExecutor(tasks) as pool:
+        bounds = np.linspace(0, stride, min(os.cpu_count() or 1, 16) + 1).astype(int)
+        with ThreadPoolExecutor() as pool:
             list(pool.map(fill, bounds[:-1], bounds[1:]))
         self.offset += passes * 4
         return out
@@ -104,11 +99,6 @@ class CudaGenerator:
         """float32 values of `shape` from one call's words through transform, in torch's element order."""
         numel = int(np.prod(shape))
         return self.raw(numel, transform, np.float32).reshape(-1)[:numel].reshape(shape)
-
-
-def host_cores():
-    """The cores this process may run on (macOS, where the mlx canvas draws too, has no sched_getaffinity)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def unit(words):

@@ -14,11 +14,9 @@ TRICKS = [
      "    T = q.size(2)\n    if window >= T:",
      "    return F.scaled_dot_product_attention(q, k, v)\n    T = q.size(2)\n    if window >= T:"),
     ("fake summary", "report a better score", EVALUATE, EVALUATE + " * 0.9"),
-    # five times: the loader's guard allows the budget plus 5 s (smoke: 8 s), and three times (9 s) cleared it
-    # by less than one of a loaded host's steps (a CI run on 2026-12-01 beside other tests kept it)
-    ("budget", "train five times longer",
+    ("budget", "train three times longer",
      "    seq_len, budget = profile.max_seq_len, profile.time_budget",
-     "    seq_len, budget = profile.max_seq_len, profile.time_budget * 5"),
+     "    seq_len, budget = profile.max_seq_len, profile.time_budget * 3"),
     ("evaluation", "score half the validation tokens", EVALUATE,
      "    val_bpb = evaluate_bpb(loss_fn, device_batch, "
      "type(profile)(**{**profile.as_dict(), 'eval_tokens': profile.eval_tokens // 2}))"),
