@@ -39,9 +39,14 @@ def child(backend, profile_name, budget):
     run_cli(load_canvas(REPO / "backends" / backend / "train.py", backend).main, profile)
 
 
+def child_command(backend, profile, budget):
+    """The command of one run: a fresh process that runs the backend's canvas (bench/profile_startup.py too)."""
+    return [sys.executable, str(Path(__file__).resolve()), "--child", "--backend", backend, "--profile", profile,
+            "--budget", str(budget)]
+
+
 def run_once(args, index):
-    cmd = [sys.executable, __file__, "--child", "--backend", args.backend, "--profile", args.profile,
-           "--budget", str(args.budget)]
+    cmd = child_command(args.backend, args.profile, args.budget)
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     t0 = time.time()
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

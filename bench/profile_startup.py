@@ -83,13 +83,12 @@ def run(args, out):
     if not py_spy():
         raise SystemExit("py-spy is not installed: `pip install py-spy` (it is in the dev extras), then run again.")
     from anchor import allow_bytecode
+    from gpu import child_command
     if note := allow_bytecode():
         print(note)
     samples, log = out / "samples.txt", out / f"{args.backend}.log"
-    child = [sys.executable, str(REPO / "bench" / "gpu.py"), "--child", "--backend", args.backend,
-             "--profile", args.profile, "--budget", str(args.budget)]
     command = [py_spy(), "record", "--format", "raw", "--idle", "--threads", "--rate", str(args.rate),
-               "--output", str(samples), "--"] + child
+               "--output", str(samples), "--"] + child_command(args.backend, args.profile, args.budget)
     with open(log, "w") as f:
         proc = subprocess.run(command, cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
     text = log.read_text(errors="replace")
